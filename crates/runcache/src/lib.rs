@@ -1,10 +1,37 @@
 //! runcache: make every expensive computation run once and be reused everywhere after.
+//!
+//! ```no_run
+//! # fn main() -> runcache::Result<()> {
+//! let store = runcache::Store::open_default()?;            // ./.runcache or $RUNCACHE_STORE
+//! let fit = store.task("demo.fit").version("1");
+//! let score: f64 = fit.get_or_compute(&("ridge", 0.1), || -> Result<f64, String> {
+//!     Ok(42.0) // expensive work runs once; later calls (any process) load the result
+//! })?;
+//! # Ok(()) }
+//! ```
+//!
+//! Modules, from the bottom up: [`digest`] (BLAKE3 digests), [`key`] (canonical key encoding),
+//! [`manifest`] (what an entry records), [`store`] (backends: local directory, memory),
+//! [`lease`] (compute-once leases), and the engine ([`Store`], [`Task`], [`Entry`]).
 
 pub mod digest;
+mod engine;
 pub mod error;
 pub mod key;
 pub mod lease;
+pub mod manifest;
+pub mod store;
 
 pub use digest::Digest;
+pub use engine::{
+    Context, Entry, EntryInfo, GcOptions, GcReport, MapOptions, Mode, NamespaceUsage, Progress,
+    Store, StoreOptions, Task, Usage, VerifyProblem, VerifyReport,
+};
 pub use error::{Error, Result};
 pub use key::Key;
+pub use manifest::{Manifest, Status};
+
+/// This machine's host name (used in manifests and lease records).
+pub fn host_name() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}

@@ -1,0 +1,424 @@
+//! One function per subcommand: open the store, call the engine, print.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+use runcache::{EntryInfo, GcOptions, Status, Store};
+use serde_json::json;
+
+use crate::format::{age, size, table};
+use crate::{Cli, Command};
+
+/// Runs the parsed command.
+pub fn run(cli: &Cli) -> Result<ExitCode> {
+    let store = open(&cli.store)?;
+    match &cli.command {
+        Command::Ls {
+            namespace,
+            namespaces,
+            failed,
+        } => ls(cli, &store, namespace.as_deref(), *namespaces, *failed),
+        Command::Show { key } => show(cli, &store, key),
+        Command::Rm {
+            keys,
+            namespace,
+            failed,
+            dry_run,
+        } => rm(cli, &store, keys, namespace.as_deref(), *failed, *dry_run),
+        Command::Gc {
+            max_size,
+            older_than,
+            min_idle,
+            dry_run,
+        } => gc(
+            cli,
+            &store,
+            GcOptions {
+                max_size: *max_size,
+                older_than: *older_than,
+                min_idle: *min_idle,
+                dry_run: *dry_run,
+                ..GcOptions::default()
+            },
+        ),
+        Command::Verify { repair } => verify(cli, &store, *repair),
+        Command::Du => du(cli, &store),
+        Command::Leases => leases(cli, &store),
+    }
+}
+
+/// Opens an existing store; a missing local directory is an error, not a new empty store.
+fn open(location: &str) -> Result<Store> {
+    let is_path = !location.contains("://");
+    let path = location.split('?').next().unwrap_or(location);
+    if is_path && !std::path::Path::new(path).exists() {
+        bail!(
+            "no store at `{location}`: give --store PATH (or set RUNCACHE_STORE) to an existing runcache store"
+        );
+    }
+    Store::open(location).with_context(|| format!("opening store `{location}`"))
+}
+
+fn progress_bar(enabled: bool) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta} left)")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn status_of(e: &EntryInfo) -> &'static str {
+    e.manifest.as_ref().map_or("damaged", |m| m.status.as_str())
+}
+
+fn namespace_of(e: &EntryInfo) -> &str {
+    e.manifest.as_ref().map_or("(damaged)", |m| m.namespace.as_str())
+}
+
+fn ls(
+    cli: &Cli,
+    store: &Store,
+    namespace: Option<&str>,
+    per_namespace: bool,
+    failed: bool,
+) -> Result<ExitCode> {
+    let entries: Vec<EntryInfo> = store
+        .entries()?
+        .into_iter()
+        .filter(|e| namespace.is_none_or(|ns| namespace_of(e) == ns))
+        .filter(|e| !failed || status_of(e) != Status::Completed.as_str())
+        .collect();
+    if per_namespace {
+        let mut sums: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+        for e in &entries {
+            let s = sums.entry(namespace_of(e).to_string()).or_default();
+            s.0 += 1;
+            s.1 += e.manifest.as_ref().map_or(0, |m| m.total_size());
+            s.2 = s.2.max(e.last_used_unix_ms);
+        }
+        if cli.json {
+            let v: Vec<_> = sums
+                .iter()
+                .map(|(ns, (n, b, u))| json!({"namespace": ns, "entries": n, "bytes": b, "last_used_unix_ms": u}))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            let rows: Vec<Vec<String>> = sums
+                .iter()
+                .map(|(ns, (n, b, u))| vec![ns.clone(), n.to_string(), size(*b), age(*u)])
+                .collect();
+            table(&["NAMESPACE", "ENTRIES", "SIZE", "LAST USED"], &rows);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if cli.json {
+        let v: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                json!({
+                    "key": e.key.to_hex(),
+                    "namespace": namespace_of(e),
+                    "version": e.manifest.as_ref().map(|m| m.version.clone()),
+                    "status": status_of(e),
+                    "bytes": e.manifest.as_ref().map_or(0, |m| m.total_size()),
+                    "created_unix_ms": e.manifest.as_ref().map(|m| m.created_unix_ms),
+                    "last_used_unix_ms": e.last_used_unix_ms,
+                    "damage": e.damage,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let rows: Vec<Vec<String>> = entries
+            .iter()
+            .map(|e| {
+                vec![
+                    e.key.to_hex()[..12].to_string(),
+                    namespace_of(e).to_string(),
+                    e.manifest.as_ref().map_or("-".into(), |m| m.version.clone()),
+                    status_of(e).to_string(),
+                    size(e.manifest.as_ref().map_or(0, |m| m.total_size())),
+                    e.manifest
+                        .as_ref()
+                        .map_or("-".into(), |m| age(m.created_unix_ms)),
+                    age(e.last_used_unix_ms),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "KEY",
+                "NAMESPACE",
+                "VERSION",
+                "STATUS",
+                "SIZE",
+                "CREATED",
+                "LAST USED",
+            ],
+            &rows,
+        );
+        eprintln!("{} entries in {}", entries.len(), store.location());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(cli: &Cli, store: &Store, key: &str) -> Result<ExitCode> {
+    let key = store.resolve_prefix(key)?;
+    let m = store
+        .manifest(&key)?
+        .with_context(|| format!("entry {key} vanished"))?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("key        {}", m.key);
+    println!("namespace  {}", m.namespace);
+    println!("version    {}", m.version);
+    println!("status     {}", m.status.as_str());
+    println!("created    {} by pid {} on {}", age(m.created_unix_ms), m.pid, m.host);
+    println!("duration   {:.3} s", m.duration_s);
+    println!("encoding   {}", m.encoding);
+    if let Some(err) = &m.error {
+        println!("error      {}: {}", err.error_type, err.message);
+        if !err.traceback.is_empty() {
+            println!("{}", err.traceback);
+        }
+    }
+    println!("key document:");
+    for line in serde_json::to_string_pretty(&m.key_doc)?.lines() {
+        println!("  {line}");
+    }
+    println!("blobs:");
+    for b in &m.blobs {
+        let place = if b.inline.is_some() { " (inline)" } else { "" };
+        println!("  {:<10} {} {}{place}", b.role, b.digest, size(b.size));
+    }
+    if !m.artifacts.is_empty() {
+        println!("artifacts:");
+        for a in &m.artifacts {
+            println!("  {:<20} {} {}", a.name, a.digest, size(a.size));
+        }
+    }
+    if !m.dependencies.is_empty() {
+        println!("dependencies:");
+        for d in &m.dependencies {
+            println!("  {} v{} {}", d.namespace, d.version, d.key);
+        }
+    }
+    if !m.metadata.is_empty() {
+        println!("metadata:");
+        for (k, v) in &m.metadata {
+            println!("  {k} = {v}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rm(
+    cli: &Cli,
+    store: &Store,
+    keys: &[String],
+    namespace: Option<&str>,
+    failed: bool,
+    dry_run: bool,
+) -> Result<ExitCode> {
+    if keys.is_empty() && namespace.is_none() && !failed {
+        bail!("say what to remove: KEY..., --namespace NS, or --failed");
+    }
+    let mut targets = Vec::new();
+    for k in keys {
+        targets.push(store.resolve_prefix(k)?);
+    }
+    if namespace.is_some() || failed {
+        for e in store.entries()? {
+            let ns_ok = namespace.is_none_or(|ns| namespace_of(&e) == ns);
+            let failed_ok = !failed || status_of(&e) != Status::Completed.as_str();
+            if ns_ok && failed_ok {
+                targets.push(e.key);
+            }
+        }
+    }
+    targets.sort();
+    targets.dedup();
+    if !dry_run {
+        for k in &targets {
+            store.delete(k)?;
+        }
+    }
+    let (blobs, bytes) = if dry_run {
+        (0, 0)
+    } else {
+        store.remove_unreferenced_blobs(GcOptions::default().blob_grace)?
+    };
+    if cli.json {
+        let keys: Vec<String> = targets.iter().map(|k| k.to_hex()).collect();
+        println!(
+            "{}",
+            json!({"removed": keys, "dry_run": dry_run, "blobs_removed": blobs, "bytes_freed": bytes})
+        );
+    } else {
+        for k in &targets {
+            println!("{} {k}", if dry_run { "would remove" } else { "removed" });
+        }
+        println!(
+            "{} {} entries; freed {} in {blobs} blobs",
+            if dry_run { "would remove" } else { "removed" },
+            targets.len(),
+            size(bytes)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gc(cli: &Cli, store: &Store, options: GcOptions) -> Result<ExitCode> {
+    if options.max_size.is_none() && options.older_than.is_none() {
+        bail!("give --max-size SIZE and/or --older-than AGE (e.g. `runcache gc --max-size 20G --older-than 30d`)");
+    }
+    let bar = progress_bar(!cli.json);
+    let report = store.gc(&options, &|done, total, msg| {
+        bar.set_length(total);
+        bar.set_position(done);
+        bar.set_message(msg.to_string());
+    })?;
+    bar.finish_and_clear();
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let verb = if report.dry_run { "would evict" } else { "evicted" };
+        for (k, ns, bytes) in &report.removed {
+            println!("{verb} {k} {ns} {}", size(*bytes));
+        }
+        println!(
+            "{verb} {} entries, {} unreferenced blobs ({}); {} protected (in use or being computed); {} remain",
+            report.removed.len(),
+            report.blobs_removed,
+            size(report.bytes_freed),
+            report.protected,
+            size(report.bytes_remaining)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(cli: &Cli, store: &Store, repair: bool) -> Result<ExitCode> {
+    let bar = progress_bar(!cli.json);
+    let report = store.verify(repair, &|done, total, msg| {
+        bar.set_length(total);
+        bar.set_position(done);
+        bar.set_message(msg.to_string());
+    })?;
+    bar.finish_and_clear();
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for p in &report.problems {
+            println!(
+                "DAMAGED {} {}: {}",
+                p.key,
+                p.namespace.as_deref().unwrap_or("(unknown namespace)"),
+                p.problem
+            );
+        }
+        println!(
+            "checked {} entries, {} blobs, {}; {} damaged{}",
+            report.entries,
+            report.blobs,
+            size(report.bytes),
+            report.problems.len(),
+            if repair {
+                format!(", {} removed", report.removed)
+            } else if report.problems.is_empty() {
+                String::new()
+            } else {
+                " (run `runcache verify --repair` to remove them)".into()
+            }
+        );
+    }
+    Ok(if report.problems.is_empty() || repair {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+fn du(cli: &Cli, store: &Store) -> Result<ExitCode> {
+    let u = store.usage()?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&u)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = u
+        .namespaces
+        .iter()
+        .map(|(ns, n)| {
+            vec![
+                ns.clone(),
+                n.entries.to_string(),
+                n.failed.to_string(),
+                size(n.bytes),
+            ]
+        })
+        .collect();
+    table(&["NAMESPACE", "ENTRIES", "FAILED", "SIZE"], &rows);
+    println!(
+        "total: {} entries, {} blobs, {} on disk in {}",
+        u.entries,
+        u.blobs,
+        size(u.blob_bytes),
+        store.location()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn leases(cli: &Cli, store: &Store) -> Result<ExitCode> {
+    let views = store.leases().list()?;
+    let held: Vec<_> = views.iter().filter(|v| v.record.is_some()).collect();
+    if cli.json {
+        let v: Vec<_> = held
+            .iter()
+            .map(|v| {
+                let r = v.record.as_ref().expect("filtered");
+                json!({
+                    "key": v.key.to_hex(),
+                    "namespace": r.namespace,
+                    "generation": r.generation,
+                    "host": r.host,
+                    "pid": r.pid,
+                    "acquired_unix_ms": r.acquired_unix_ms,
+                    "alive": v.alive,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = held
+        .iter()
+        .map(|v| {
+            let r = v.record.as_ref().expect("filtered");
+            vec![
+                v.key.to_hex()[..12].to_string(),
+                r.namespace.clone(),
+                r.generation.to_string(),
+                format!("{}:{}", r.host, r.pid),
+                age(r.acquired_unix_ms),
+                match v.alive {
+                    Some(true) => "alive".into(),
+                    Some(false) => "dead".into(),
+                    None => "unknown (watching)".into(),
+                },
+            ]
+        })
+        .collect();
+    table(
+        &["KEY", "NAMESPACE", "GEN", "HOLDER", "SINCE", "STATE"],
+        &rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,336 @@
+//! Governing a store: usage (`du`), eviction (`gc`) and integrity checks (`verify`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::store::{unix_ms, EntryInfo, Store};
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::key::Key;
+use crate::lease::Acquire;
+
+/// Called with (done, total, message) as long operations progress.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64, &str) + Sync);
+
+/// Space used by a store.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Usage {
+    /// Number of entries.
+    pub entries: u64,
+    /// Number of blobs stored outside manifests.
+    pub blobs: u64,
+    /// Bytes in those blobs.
+    pub blob_bytes: u64,
+    /// Per namespace: entries and the bytes they reference (shared blobs counted in each).
+    pub namespaces: BTreeMap<String, NamespaceUsage>,
+}
+
+/// One namespace's share of a store.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NamespaceUsage {
+    /// Entries in the namespace.
+    pub entries: u64,
+    /// Bytes referenced by them.
+    pub bytes: u64,
+    /// Of which failed entries.
+    pub failed: u64,
+}
+
+/// What `gc` should remove.
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    /// Evict least-recently-used entries until the blobs take at most this many bytes.
+    pub max_size: Option<u64>,
+    /// Evict entries not used for longer than this.
+    pub older_than: Option<Duration>,
+    /// Report what would be removed without removing anything.
+    pub dry_run: bool,
+    /// Never evict an entry used more recently than this (it may be being read).
+    pub min_idle: Duration,
+    /// Unreferenced blobs younger than this are kept (a writer may be about to reference them).
+    pub blob_grace: Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            max_size: None,
+            older_than: None,
+            dry_run: false,
+            min_idle: Duration::from_secs(60),
+            blob_grace: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What `gc` did (or would do, in a dry run).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcReport {
+    /// Entries removed: (key, namespace, bytes referenced).
+    pub removed: Vec<(Key, String, u64)>,
+    /// Entries kept because a live lease or recent use protects them.
+    pub protected: u64,
+    /// Unreferenced blobs removed.
+    pub blobs_removed: u64,
+    /// Bytes freed (blobs actually deleted).
+    pub bytes_freed: u64,
+    /// Blob bytes remaining.
+    pub bytes_remaining: u64,
+    /// True if nothing was changed.
+    pub dry_run: bool,
+}
+
+/// One problem found by `verify`.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyProblem {
+    /// The damaged entry.
+    pub key: Key,
+    /// Its namespace, if the manifest could be read.
+    pub namespace: Option<String>,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// What `verify` found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VerifyReport {
+    /// Entries checked.
+    pub entries: u64,
+    /// Blobs checked (each once, however many entries share it).
+    pub blobs: u64,
+    /// Bytes read and hashed.
+    pub bytes: u64,
+    /// Damaged entries.
+    pub problems: Vec<VerifyProblem>,
+    /// Damaged entries removed (with `repair`).
+    pub removed: u64,
+}
+
+impl Store {
+    /// Counts entries and bytes.
+    pub fn usage(&self) -> Result<Usage> {
+        let mut u = Usage::default();
+        for b in self.backend().list_blobs()? {
+            u.blobs += 1;
+            u.blob_bytes += b.size;
+        }
+        for e in self.entries()? {
+            u.entries += 1;
+            let ns = e
+                .manifest
+                .as_ref()
+                .map_or("(damaged)".to_string(), |m| m.namespace.clone());
+            let n = u.namespaces.entry(ns).or_default();
+            n.entries += 1;
+            if let Some(m) = &e.manifest {
+                n.bytes += m.total_size();
+                if m.status == crate::manifest::Status::Failed {
+                    n.failed += 1;
+                }
+            }
+        }
+        Ok(u)
+    }
+
+    /// Evicts entries by age and/or total size, least recently used first, then removes blobs
+    /// no entry references. Each entry is removed under its lease, so an entry being computed
+    /// is never touched; entries used within `min_idle` are kept. Safe to interrupt at any
+    /// point: each step leaves a consistent store.
+    pub fn gc(&self, options: &GcOptions, progress: Progress<'_>) -> Result<GcReport> {
+        let now = unix_ms();
+        let mut entries: Vec<EntryInfo> = self.entries()?;
+        entries.sort_by_key(|e| e.last_used_unix_ms);
+        let blobs = self.backend().list_blobs()?;
+        let sizes: HashMap<Digest, u64> = blobs.iter().map(|b| (b.digest, b.size)).collect();
+        let mut refs: HashMap<Digest, u32> = HashMap::new();
+        for e in &entries {
+            if let Some(m) = &e.manifest {
+                for d in m.external_digests().collect::<HashSet<_>>() {
+                    *refs.entry(*d).or_default() += 1;
+                }
+            }
+        }
+        let mut live_bytes: u64 = refs.keys().filter_map(|d| sizes.get(d)).sum();
+        let mut report = GcReport {
+            dry_run: options.dry_run,
+            ..Default::default()
+        };
+        let total = entries.len() as u64;
+        for (i, e) in entries.iter().enumerate() {
+            progress(i as u64, total, "checking entries");
+            let idle_ms = now.saturating_sub(e.last_used_unix_ms);
+            let too_old = options
+                .older_than
+                .is_some_and(|age| idle_ms > age.as_millis() as u64);
+            let too_big = options.max_size.is_some_and(|max| live_bytes > max);
+            if !(too_old || too_big) {
+                continue;
+            }
+            if idle_ms < options.min_idle.as_millis() as u64 {
+                report.protected += 1;
+                continue;
+            }
+            let namespace = e
+                .manifest
+                .as_ref()
+                .map_or("(damaged)".into(), |m| m.namespace.clone());
+            let digests: HashSet<Digest> = e
+                .manifest
+                .as_ref()
+                .map(|m| m.external_digests().copied().collect())
+                .unwrap_or_default();
+            if !options.dry_run && !self.remove_under_lease(&e.key, &namespace)? {
+                report.protected += 1;
+                continue;
+            }
+            let mut freed = 0;
+            for d in &digests {
+                let r = refs.get_mut(d).expect("counted above");
+                *r -= 1;
+                if *r == 0 {
+                    freed += sizes.get(d).copied().unwrap_or(0);
+                }
+            }
+            live_bytes -= freed;
+            let referenced = e.manifest.as_ref().map_or(0, |m| m.total_size());
+            report.removed.push((e.key, namespace, referenced));
+        }
+        progress(total, total, "removing unreferenced blobs");
+        let (count, bytes) = if options.dry_run {
+            let orphans: Vec<_> = blobs
+                .iter()
+                .filter(|b| refs.get(&b.digest).copied().unwrap_or(0) == 0)
+                .collect();
+            (
+                orphans.len() as u64,
+                orphans.iter().map(|b| b.size).sum::<u64>(),
+            )
+        } else {
+            self.remove_unreferenced_blobs(options.blob_grace)?
+        };
+        report.blobs_removed = count;
+        report.bytes_freed = bytes;
+        report.bytes_remaining = self
+            .backend()
+            .list_blobs()?
+            .iter()
+            .map(|b| b.size)
+            .sum::<u64>()
+            .saturating_sub(if options.dry_run { bytes } else { 0 });
+        Ok(report)
+    }
+
+    /// Deletes `key` while holding its lease; false if someone holds the lease (computing it).
+    fn remove_under_lease(&self, key: &Key, namespace: &str) -> Result<bool> {
+        match self.leases().try_acquire(key, namespace)? {
+            Acquire::Busy(_) => Ok(false),
+            Acquire::Won(guard) => {
+                let r = self.delete(key);
+                guard.release()?;
+                let _ = self.leases().backend().clean(key);
+                r.map(|_| true)
+            }
+        }
+    }
+
+    /// Deletes blobs that no manifest references and that are older than `grace`. Returns
+    /// (blobs removed, bytes freed).
+    pub fn remove_unreferenced_blobs(&self, grace: Duration) -> Result<(u64, u64)> {
+        let mut referenced: HashSet<Digest> = HashSet::new();
+        for key in self.backend().list_manifests()? {
+            if let Ok(Some(m)) = self.manifest(&key) {
+                referenced.extend(m.external_digests().copied());
+            }
+        }
+        let (mut n, mut bytes) = (0, 0);
+        for b in self.backend().list_blobs()? {
+            let old_enough = b.age_s.is_none_or(|age| age >= grace.as_secs());
+            if !referenced.contains(&b.digest) && old_enough {
+                self.backend().delete_blob(&b.digest)?;
+                n += 1;
+                bytes += b.size;
+            }
+        }
+        Ok((n, bytes))
+    }
+
+    /// Re-reads and re-hashes every blob of every entry. Damaged entries are reported; with
+    /// `repair` they are removed (and their damaged blobs deleted) so the next call recomputes.
+    pub fn verify(&self, repair: bool, progress: Progress<'_>) -> Result<VerifyReport> {
+        let entries = self.entries()?;
+        let mut report = VerifyReport::default();
+        let mut checked: HashMap<Digest, Option<String>> = HashMap::new();
+        let total = entries.len() as u64;
+        for (i, e) in entries.iter().enumerate() {
+            progress(i as u64, total, "verifying");
+            report.entries += 1;
+            let Some(m) = &e.manifest else {
+                report.problems.push(VerifyProblem {
+                    key: e.key,
+                    namespace: None,
+                    problem: e.damage.clone().unwrap_or_default(),
+                });
+                if repair {
+                    self.delete(&e.key)?;
+                    report.removed += 1;
+                }
+                continue;
+            };
+            let mut problems = Vec::new();
+            for b in &m.blobs {
+                if let Some(inline) = b.inline_bytes() {
+                    let data = inline?;
+                    if data.len() as u64 != b.size || Digest::of(&data) != b.digest {
+                        problems.push(format!("inline blob `{}` does not match its digest", b.role));
+                    }
+                    continue;
+                }
+                if let Some(p) = self.check_once(&mut checked, &mut report, &b.digest, b.size)? {
+                    problems.push(format!("blob `{}` ({}): {p}", b.role, b.digest));
+                }
+            }
+            for a in &m.artifacts {
+                if let Some(p) = self.check_once(&mut checked, &mut report, &a.digest, a.size)? {
+                    problems.push(format!("artifact `{}` ({}): {p}", a.name, a.digest));
+                }
+            }
+            if !problems.is_empty() {
+                report.problems.push(VerifyProblem {
+                    key: e.key,
+                    namespace: Some(m.namespace.clone()),
+                    problem: problems.join("; "),
+                });
+                if repair {
+                    self.delete(&e.key)?;
+                    for d in m.external_digests() {
+                        if let Some(Some(_)) = checked.get(d) {
+                            self.backend().delete_blob(d)?;
+                        }
+                    }
+                    report.removed += 1;
+                }
+            }
+        }
+        progress(total, total, "verified");
+        Ok(report)
+    }
+
+    fn check_once(
+        &self,
+        checked: &mut HashMap<Digest, Option<String>>,
+        report: &mut VerifyReport,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Option<String>> {
+        if let Some(r) = checked.get(digest) {
+            return Ok(r.clone());
+        }
+        let r = self.check_blob(digest, size)?;
+        report.blobs += 1;
+        report.bytes += size;
+        checked.insert(*digest, r.clone());
+        Ok(r)
+    }
+}

@@ -1,0 +1,19 @@
+//! The engine: stores, tasks, entries and the compute-once protocol, on top of any [`Backend`].
+//!
+//! [`Backend`]: crate::store::Backend
+
+mod context;
+mod entry;
+mod maintenance;
+mod map;
+mod store;
+mod task;
+
+pub use context::Context;
+pub use entry::Entry;
+pub use maintenance::{
+    GcOptions, GcReport, NamespaceUsage, Progress, Usage, VerifyProblem, VerifyReport,
+};
+pub use map::MapOptions;
+pub use store::{EntryInfo, Store, StoreOptions};
+pub use task::{Mode, Task};

@@ -1,0 +1,373 @@
+//! [`Store`]: a handle on one store, shared cheaply between threads.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::digest::{Digest, StreamHasher};
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::lease::{LeaseOptions, Leases};
+use crate::manifest::{BlobRef, Manifest, INLINE_LIMIT};
+use crate::store::{self, Backend, BackendOptions};
+
+use super::task::Task;
+
+/// Options of a [`Store`] handle.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// fsync files and directories on commit (local stores). Off by default: reads verify every
+    /// digest, so an entry torn by a power loss is detected and recomputed, never returned.
+    pub sync: bool,
+    /// Lease timing (TTL, heartbeat interval, same-host liveness).
+    pub lease: LeaseOptions,
+    /// A hit records its use in the store at most once per this interval per process.
+    pub usage_granularity: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sync: false,
+            lease: LeaseOptions::default(),
+            usage_granularity: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A handle on one store. Cloning is cheap; clones share leases and caches.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) leases: Leases,
+    pub(crate) options: StoreOptions,
+    touched: Mutex<HashMap<Key, Instant>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.location())
+    }
+}
+
+/// The outcome of reading one entry's manifest.
+pub(crate) enum Lookup {
+    Missing,
+    Found(Manifest),
+    Damaged(String),
+}
+
+/// One entry as listed by [`Store::entries`].
+#[derive(Clone, Debug)]
+pub struct EntryInfo {
+    /// The entry's key.
+    pub key: Key,
+    /// Its manifest, or `None` if the manifest is damaged.
+    pub manifest: Option<Manifest>,
+    /// Why the manifest could not be read, if it could not.
+    pub damage: Option<String>,
+    /// Last recorded use (unix ms): the later of the usage stamp and the creation time.
+    pub last_used_unix_ms: u64,
+}
+
+impl Store {
+    /// Opens the store at `location` (a directory path, `file:///path`, `memory://[NAME]`).
+    pub fn open(location: &str) -> Result<Store> {
+        Self::open_with(location, StoreOptions::default())
+    }
+
+    /// Opens the default store: `RUNCACHE_STORE` if set, else `./.runcache`.
+    pub fn open_default() -> Result<Store> {
+        Self::open(&store::location::default_location())
+    }
+
+    /// Opens a store with explicit options.
+    pub fn open_with(location: &str, options: StoreOptions) -> Result<Store> {
+        let backend = store::open_backend(
+            location,
+            &BackendOptions {
+                sync: options.sync,
+            },
+        )?;
+        Ok(Self::from_backend(backend, options))
+    }
+
+    /// A new private in-memory store.
+    pub fn memory() -> Store {
+        Self::from_backend(
+            Arc::new(store::MemoryBackend::new()),
+            StoreOptions::default(),
+        )
+    }
+
+    /// Wraps an already opened backend.
+    pub fn from_backend(backend: Arc<dyn Backend>, options: StoreOptions) -> Store {
+        let leases = Leases::new(backend.leases(), options.lease.clone());
+        Store {
+            inner: Arc::new(Inner {
+                backend,
+                leases,
+                options,
+                touched: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Where the store lives.
+    pub fn location(&self) -> String {
+        self.inner.backend.location()
+    }
+
+    /// The backend, for tools that need its primitives.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// The store's leases.
+    pub fn leases(&self) -> &Leases {
+        &self.inner.leases
+    }
+
+    /// A task named `namespace` (version "0", mode `cached`), to look up and compute entries.
+    pub fn task(&self, namespace: impl Into<String>) -> Task {
+        Task::new(self.clone(), namespace.into())
+    }
+
+    /// Reads and checks the manifest of `key`. Damage is reported, not raised.
+    pub(crate) fn lookup(&self, key: &Key) -> Result<Lookup> {
+        let Some(bytes) = self.inner.backend.get_manifest(key)? else {
+            return Ok(Lookup::Missing);
+        };
+        let path = self.inner.backend.manifest_location(key);
+        match Manifest::parse(&bytes, &path) {
+            Ok(m) if m.key == *key => Ok(Lookup::Found(m)),
+            Ok(m) => Ok(Lookup::Damaged(format!(
+                "{path} names key {} instead of {key}",
+                m.key
+            ))),
+            Err(e) => Ok(Lookup::Damaged(e.to_string())),
+        }
+    }
+
+    /// The manifest of `key`, if present and readable.
+    pub fn manifest(&self, key: &Key) -> Result<Option<Manifest>> {
+        match self.lookup(key)? {
+            Lookup::Found(m) => Ok(Some(m)),
+            Lookup::Missing => Ok(None),
+            Lookup::Damaged(msg) => Err(Error::Malformed {
+                what: "manifest",
+                path: self.inner.backend.manifest_location(key),
+                message: msg,
+            }),
+        }
+    }
+
+    /// Reads one blob of an entry, checking its size and digest. A blob found damaged is
+    /// deleted (its content can never be right for its name) and reported as [`Error::Corrupt`].
+    pub fn read_blob(&self, key: &Key, blob: &BlobRef) -> Result<Vec<u8>> {
+        let corrupt = |message: String| Error::Corrupt {
+            key: key.to_hex(),
+            digest: blob.digest.to_hex(),
+            message,
+        };
+        let data = match blob.inline_bytes() {
+            Some(bytes) => bytes?,
+            None => {
+                let Some(reader) = self.inner.backend.open_blob(&blob.digest)? else {
+                    return Err(corrupt("the blob is missing from the store".into()));
+                };
+                read_limited(reader, blob.size).map_err(|e| corrupt(e.to_string()))?
+            }
+        };
+        if data.len() as u64 != blob.size {
+            self.discard_blob(blob);
+            return Err(corrupt(format!(
+                "size is {} bytes, the manifest says {}",
+                data.len(),
+                blob.size
+            )));
+        }
+        if Digest::of(&data) != blob.digest {
+            self.discard_blob(blob);
+            return Err(corrupt("content does not match its digest".into()));
+        }
+        Ok(data)
+    }
+
+    /// Streams a blob through the hasher without keeping it; for `verify`.
+    pub(crate) fn check_blob(&self, digest: &Digest, size: u64) -> Result<Option<String>> {
+        let Some(mut reader) = self.inner.backend.open_blob(digest)? else {
+            return Ok(Some("missing".into()));
+        };
+        let mut hasher = StreamHasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| Error::io(self.location(), e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        if hasher.len() != size {
+            return Ok(Some(format!(
+                "size is {} bytes, expected {size}",
+                hasher.len()
+            )));
+        }
+        if hasher.finish() != *digest {
+            return Ok(Some("content does not match its digest".into()));
+        }
+        Ok(None)
+    }
+
+    fn discard_blob(&self, blob: &BlobRef) {
+        if blob.inline.is_none() {
+            if let Err(e) = self.inner.backend.delete_blob(&blob.digest) {
+                log::warn!("could not remove damaged blob {}: {e}", blob.digest);
+            }
+        }
+    }
+
+    /// Stores `data` as a blob (inline in the manifest when small) and returns its reference.
+    pub(crate) fn store_blob(&self, role: &str, data: &[u8]) -> Result<BlobRef> {
+        let digest = Digest::of(data);
+        let inline = if data.len() <= INLINE_LIMIT {
+            Some(crate::manifest::encode_inline(data))
+        } else {
+            self.inner.backend.put_blob(&digest, data)?;
+            None
+        };
+        Ok(BlobRef {
+            role: role.into(),
+            digest,
+            size: data.len() as u64,
+            inline,
+        })
+    }
+
+    /// Commits a manifest: the entry becomes visible whole. Returns false when `replace` is
+    /// false and another writer committed first (theirs is kept).
+    pub(crate) fn commit(&self, manifest: &Manifest, replace: bool) -> Result<bool> {
+        let ok = self
+            .inner
+            .backend
+            .put_manifest(&manifest.key, &manifest.to_bytes(), replace)?;
+        if ok {
+            self.inner
+                .touched
+                .lock()
+                .unwrap()
+                .insert(manifest.key, Instant::now());
+        }
+        Ok(ok)
+    }
+
+    /// Records a use of `key`, writing to the store at most once per granularity per process.
+    pub(crate) fn note_use(&self, key: &Key) {
+        let now = Instant::now();
+        {
+            let mut touched = self.inner.touched.lock().unwrap();
+            match touched.get(key) {
+                Some(t) if now.duration_since(*t) < self.inner.options.usage_granularity => return,
+                _ => {
+                    touched.insert(*key, now);
+                }
+            }
+        }
+        if let Err(e) = self.inner.backend.touch(key, unix_ms()) {
+            log::debug!("could not record use of {key}: {e}");
+        }
+    }
+
+    /// Deletes an entry's manifest and usage record. Its blobs are removed by the next gc (or
+    /// [`Store::remove_unreferenced_blobs`]) once no other entry uses them. Returns whether the
+    /// entry existed.
+    pub fn delete(&self, key: &Key) -> Result<bool> {
+        let existed = self.inner.backend.get_manifest(key)?.is_some();
+        self.inner.backend.delete_manifest(key)?;
+        self.inner.backend.forget_usage(key)?;
+        self.inner.touched.lock().unwrap().remove(key);
+        Ok(existed)
+    }
+
+    /// Every entry in the store with its manifest and last use.
+    pub fn entries(&self) -> Result<Vec<EntryInfo>> {
+        let mut out = Vec::new();
+        for key in self.inner.backend.list_manifests()? {
+            let used = self.inner.backend.last_used(&key)?.unwrap_or(0);
+            let info = match self.lookup(&key)? {
+                Lookup::Missing => continue,
+                Lookup::Found(m) => EntryInfo {
+                    key,
+                    last_used_unix_ms: used.max(m.created_unix_ms),
+                    manifest: Some(m),
+                    damage: None,
+                },
+                Lookup::Damaged(msg) => EntryInfo {
+                    key,
+                    manifest: None,
+                    damage: Some(msg),
+                    last_used_unix_ms: used,
+                },
+            };
+            out.push(info);
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// The unique entry whose key starts with `prefix` (at least 4 hex digits).
+    pub fn resolve_prefix(&self, prefix: &str) -> Result<Key> {
+        let prefix = prefix.trim().to_ascii_lowercase();
+        if prefix.len() == 64 {
+            return prefix.parse();
+        }
+        if prefix.len() < 4 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Invalid(format!(
+                "`{prefix}` is not a key prefix: give at least 4 hexadecimal digits of a key (see `runcache ls`)"
+            )));
+        }
+        let matches: Vec<Key> = self
+            .inner
+            .backend
+            .list_manifests()?
+            .into_iter()
+            .filter(|k| k.to_hex().starts_with(&prefix))
+            .collect();
+        match matches.as_slice() {
+            [k] => Ok(*k),
+            [] => Err(Error::NotFound {
+                namespace: "any namespace".into(),
+                key: prefix,
+                hint: " (no entry key starts with it; see `runcache ls`)".into(),
+            }),
+            many => Err(Error::Invalid(format!(
+                "key prefix `{prefix}` is ambiguous: {} entries match; give more digits",
+                many.len()
+            ))),
+        }
+    }
+}
+
+/// Reads at most `expected + 1` bytes so a blob longer than its manifest says is detected
+/// without reading it whole.
+fn read_limited(reader: Box<dyn Read + Send>, expected: u64) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::with_capacity(expected.min(1 << 30) as usize);
+    reader.take(expected + 1).read_to_end(&mut data)?;
+    Ok(data)
+}
+
+/// Milliseconds since the Unix epoch on this machine's clock (for display and usage only).
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

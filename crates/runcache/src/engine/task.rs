@@ -1,0 +1,533 @@
+//! [`Task`]: a named, versioned computation whose results are cached by argument key, and the
+//! compute-once protocol (`get_or_compute`).
+
+use std::fmt::Display;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::context::{self, Context};
+use super::entry::Entry;
+use super::store::{unix_ms, Lookup, Store};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::key::{compute_key, key_document, Key};
+use crate::lease::Acquire;
+use crate::manifest::{ArtifactRef, Dependency, ErrorInfo, Manifest, Status, MANIFEST_FORMAT};
+use crate::store::Watch;
+
+/// How a lookup treats the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Load a completed entry; compute and store a missing one; re-raise a recorded failure.
+    #[default]
+    Cached,
+    /// Recompute and replace whatever is stored.
+    Force,
+    /// Like `Cached`, but recompute an entry that failed.
+    Retry,
+    /// Load what exists; on a miss compute without writing anything (no entry, no lease).
+    ReadOnly,
+    /// Bypass the store entirely: always compute, never read or write.
+    Off,
+}
+
+impl Mode {
+    /// The mode's name as used by the CLI and the Python API.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mode::Cached => "cached",
+            Mode::Force => "force",
+            Mode::Retry => "retry",
+            Mode::ReadOnly => "read-only",
+            Mode::Off => "off",
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "cached" => Mode::Cached,
+            "force" => Mode::Force,
+            "retry" => Mode::Retry,
+            "read-only" | "readonly" => Mode::ReadOnly,
+            "off" => Mode::Off,
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "unknown mode `{s}`; use one of: cached, force, retry, read-only, off"
+                )))
+            }
+        })
+    }
+}
+
+/// A named, versioned computation. Create with [`Store::task`]; configure with the builder
+/// methods; then call [`Task::get_or_compute`].
+#[derive(Clone, Debug)]
+pub struct Task {
+    pub(crate) store: Store,
+    pub(crate) namespace: String,
+    pub(crate) version: String,
+    pub(crate) mode: Mode,
+    wait_timeout: Option<Duration>,
+}
+
+/// How a value travels to and from its blob.
+struct Codec<T> {
+    name: &'static str,
+    encode: fn(&T) -> Result<Vec<u8>>,
+    decode: fn(&Key, &[u8]) -> Result<T>,
+}
+
+/// What the store says about a key, given the mode.
+enum Check<T> {
+    Hit(T),
+    Failed(ErrorInfo),
+    Compute { replace: bool },
+}
+
+impl Task {
+    pub(crate) fn new(store: Store, namespace: String) -> Self {
+        Task {
+            store,
+            namespace,
+            version: "0".into(),
+            mode: Mode::Cached,
+            wait_timeout: None,
+        }
+    }
+
+    /// Sets the task version; a new version gives new keys (old entries stay until gc).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// Sets the lookup mode.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Gives up waiting for another process's computation after `timeout`
+    /// ([`Error::WaitTimeout`]). Default: wait as long as the holder is alive.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = Some(timeout);
+        self
+    }
+
+    /// The task's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The store this task reads and writes.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The key of `args` for this task.
+    pub fn key<A: Serialize + ?Sized>(&self, args: &A) -> Result<Key> {
+        compute_key(&self.namespace, &self.version, args)
+    }
+
+    /// A handle on the entry of `args` (which may not exist yet).
+    pub fn entry<A: Serialize + ?Sized>(&self, args: &A) -> Result<Entry> {
+        Ok(Entry::new(
+            self.store.clone(),
+            self.key(args)?,
+            self.namespace.clone(),
+        ))
+    }
+
+    /// Returns the stored result for `args`, computing and storing it with `f` on a miss.
+    /// Among concurrent callers (threads, processes, machines) exactly one computes; the others
+    /// wait and load. The value is encoded with `postcard`.
+    pub fn get_or_compute<A, T, E, F>(&self, args: &A, f: F) -> Result<T>
+    where
+        A: Serialize + ?Sized,
+        T: Serialize + DeserializeOwned,
+        E: Display,
+        F: FnOnce() -> std::result::Result<T, E>,
+    {
+        self.get_or_compute_with(args, |_| f())
+    }
+
+    /// Like [`Task::get_or_compute`], with a [`Context`] for artifacts and metadata.
+    pub fn get_or_compute_with<A, T, E, F>(&self, args: &A, f: F) -> Result<T>
+    where
+        A: Serialize + ?Sized,
+        T: Serialize + DeserializeOwned,
+        E: Display,
+        F: FnOnce(&mut Context) -> std::result::Result<T, E>,
+    {
+        let codec = Codec::<T> {
+            name: "postcard",
+            encode: |v| {
+                postcard::to_stdvec(v)
+                    .map_err(|e| Error::Invalid(format!("cannot encode the result: {e}")))
+            },
+            decode: |key, bytes| {
+                postcard::from_bytes(bytes).map_err(|e| Error::Decode {
+                    key: key.to_hex(),
+                    type_name: std::any::type_name::<T>(),
+                    message: e.to_string(),
+                })
+            },
+        };
+        self.resolve(args, f, &codec)
+    }
+
+    /// Like [`Task::get_or_compute`] for a result that is raw bytes (stored as is).
+    pub fn get_or_compute_bytes<A, E, F>(&self, args: &A, f: F) -> Result<Vec<u8>>
+    where
+        A: Serialize + ?Sized,
+        E: Display,
+        F: FnOnce(&mut Context) -> std::result::Result<Vec<u8>, E>,
+    {
+        let codec = Codec::<Vec<u8>> {
+            name: "raw",
+            encode: |v| Ok(v.clone()),
+            decode: |_, b| Ok(b.to_vec()),
+        };
+        self.resolve(args, f, &codec)
+    }
+
+    fn resolve<A, T, E, F>(&self, args: &A, f: F, codec: &Codec<T>) -> Result<T>
+    where
+        A: Serialize + ?Sized,
+        E: Display,
+        F: FnOnce(&mut Context) -> std::result::Result<T, E>,
+    {
+        if self.mode == Mode::Off {
+            return run_uncached(&self.namespace, f);
+        }
+        let key = self.key(args)?;
+        let doc = || key_document(&self.namespace, &self.version, args);
+        let value = self.resolve_key(key, &doc, f, codec)?;
+        context::record_dependency(Dependency {
+            namespace: self.namespace.clone(),
+            version: self.version.clone(),
+            key,
+        });
+        Ok(value)
+    }
+
+    fn resolve_key<T, E, F>(
+        &self,
+        key: Key,
+        doc: &dyn Fn() -> Result<serde_json::Value>,
+        f: F,
+        codec: &Codec<T>,
+    ) -> Result<T>
+    where
+        E: Display,
+        F: FnOnce(&mut Context) -> std::result::Result<T, E>,
+    {
+        let started = Instant::now();
+        let mut watch: Option<Box<dyn Watch>> = None;
+        loop {
+            let replace = match self.check(&key, codec)? {
+                Check::Hit(v) => return Ok(v),
+                Check::Failed(err) => return Err(self.recorded_failure(&key, err)),
+                Check::Compute { replace } => replace,
+            };
+            if self.mode == Mode::ReadOnly {
+                return run_uncached(&self.namespace, f);
+            }
+            match self.store.leases().try_acquire(&key, &self.namespace)? {
+                Acquire::Won(guard) => {
+                    // Someone may have committed between our check and our acquire.
+                    let replace = match self.check(&key, codec)? {
+                        Check::Hit(v) => {
+                            release(guard);
+                            return Ok(v);
+                        }
+                        Check::Failed(err) => {
+                            release(guard);
+                            return Err(self.recorded_failure(&key, err));
+                        }
+                        Check::Compute { replace: r } => r || replace,
+                    };
+                    let doc = doc()?;
+                    let hook_store = self.store.clone();
+                    let hook_manifest = self.manifest_for(key, doc.clone(), Status::Interrupted);
+                    guard.set_interrupt_hook(Box::new(move || {
+                        record_interrupted(&hook_store, hook_manifest)
+                    }));
+                    let out = self.compute_and_commit(key, doc, f, codec, replace);
+                    release(guard);
+                    return out;
+                }
+                Acquire::Busy(holder) => {
+                    if let Some(limit) = self.wait_timeout {
+                        if started.elapsed() >= limit {
+                            return Err(Error::WaitTimeout {
+                                key: key.to_hex(),
+                                holder: format!("pid {} on {}", holder.pid, holder.host),
+                                waited: started.elapsed(),
+                            });
+                        }
+                    }
+                    match watch.as_mut() {
+                        // First time busy: start watching, then re-check before sleeping so a
+                        // commit that landed in between is not missed.
+                        None => watch = Some(self.store.backend().watch(&key)?),
+                        Some(w) => w.wait(Duration::from_millis(200)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Looks at the stored entry and decides, by mode, whether it is a hit.
+    fn check<T>(&self, key: &Key, codec: &Codec<T>) -> Result<Check<T>> {
+        let manifest = match self.store.lookup(key)? {
+            Lookup::Missing => return Ok(Check::Compute { replace: false }),
+            Lookup::Damaged(msg) => {
+                log::warn!(
+                    "runcache: entry {key} of {} is damaged ({msg}); recomputing it",
+                    self.namespace
+                );
+                return Ok(Check::Compute { replace: true });
+            }
+            Lookup::Found(m) => m,
+        };
+        match (manifest.status, self.mode) {
+            (_, Mode::Force) => Ok(Check::Compute { replace: true }),
+            (Status::Completed, _) => match self.load_value(&manifest, codec) {
+                Ok(v) => {
+                    if self.mode != Mode::ReadOnly {
+                        self.store.note_use(key);
+                    }
+                    Ok(Check::Hit(v))
+                }
+                Err(e @ Error::Corrupt { .. }) => {
+                    log::warn!("runcache: {e}");
+                    Ok(Check::Compute { replace: true })
+                }
+                Err(e) => Err(e),
+            },
+            (Status::Failed, Mode::Retry) | (Status::Interrupted, _) => {
+                Ok(Check::Compute { replace: true })
+            }
+            (Status::Failed, _) => Ok(Check::Failed(manifest.error.unwrap_or_default())),
+        }
+    }
+
+    fn load_value<T>(&self, manifest: &Manifest, codec: &Codec<T>) -> Result<T> {
+        let Some(blob) = manifest.blob("value") else {
+            return Err(Error::Corrupt {
+                key: manifest.key.to_hex(),
+                digest: "-".into(),
+                message: "the manifest lists no value blob".into(),
+            });
+        };
+        if manifest.encoding != codec.name {
+            return Err(Error::Decode {
+                key: manifest.key.to_hex(),
+                type_name: std::any::type_name::<T>(),
+                message: format!(
+                    "the entry is encoded as `{}`, this call reads `{}`",
+                    manifest.encoding, codec.name
+                ),
+            });
+        }
+        // Artifacts must be intact too, or the entry is not whole.
+        for a in &manifest.artifacts {
+            match self.store.backend().blob_size(&a.digest)? {
+                Some(size) if size == a.size => {}
+                found => {
+                    return Err(Error::Corrupt {
+                        key: manifest.key.to_hex(),
+                        digest: a.digest.to_hex(),
+                        message: format!(
+                            "artifact `{}` is {}",
+                            a.name,
+                            match found {
+                                None => "missing".to_string(),
+                                Some(s) => format!("{s} bytes instead of {}", a.size),
+                            }
+                        ),
+                    })
+                }
+            }
+        }
+        let bytes = self.store.read_blob(&manifest.key, blob)?;
+        (codec.decode)(&manifest.key, &bytes)
+    }
+
+    fn recorded_failure(&self, key: &Key, err: ErrorInfo) -> Error {
+        Error::RecordedFailure {
+            namespace: self.namespace.clone(),
+            key: key.to_hex(),
+            error_type: err.error_type,
+            message: err.message,
+        }
+    }
+
+    pub(crate) fn manifest_for(
+        &self,
+        key: Key,
+        key_doc: serde_json::Value,
+        status: Status,
+    ) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            key,
+            namespace: self.namespace.clone(),
+            version: self.version.clone(),
+            key_doc,
+            status,
+            blobs: Vec::new(),
+            artifacts: Vec::new(),
+            dependencies: Vec::new(),
+            error: None,
+            created_unix_ms: unix_ms(),
+            duration_s: 0.0,
+            host: crate::host_name(),
+            pid: std::process::id(),
+            encoding: String::new(),
+            metadata: Default::default(),
+        }
+    }
+
+    fn compute_and_commit<T, E, F>(
+        &self,
+        key: Key,
+        doc: serde_json::Value,
+        f: F,
+        codec: &Codec<T>,
+        replace: bool,
+    ) -> Result<T>
+    where
+        E: Display,
+        F: FnOnce(&mut Context) -> std::result::Result<T, E>,
+    {
+        let mut ctx = Context::new(self.store.backend().scratch_dir());
+        let t0 = Instant::now();
+        context::push_frame();
+        let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut ctx)));
+        let dependencies = context::pop_frame();
+        let mut manifest = self.manifest_for(key, doc, Status::Completed);
+        manifest.duration_s = t0.elapsed().as_secs_f64();
+        manifest.dependencies = dependencies;
+        match outcome {
+            Ok(Ok(value)) => {
+                let bytes = (codec.encode)(&value)?;
+                manifest.blobs.push(self.store.store_blob("value", &bytes)?);
+                manifest.encoding = codec.name.into();
+                manifest.artifacts = self.store_artifacts(&ctx)?;
+                manifest.metadata = std::mem::take(&mut ctx.metadata);
+                if !self.store.commit(&manifest, replace)? {
+                    log::debug!("entry {key} was committed by another writer first; kept theirs");
+                }
+                Ok(value)
+            }
+            Ok(Err(e)) => {
+                let info = ErrorInfo {
+                    error_type: std::any::type_name::<E>().to_string(),
+                    message: e.to_string(),
+                    traceback: String::new(),
+                };
+                manifest.status = Status::Failed;
+                manifest.error = Some(info);
+                self.store.commit(&manifest, replace)?;
+                Err(Error::ComputeFailed {
+                    namespace: self.namespace.clone(),
+                    message: e.to_string(),
+                })
+            }
+            Err(panic) => {
+                manifest.status = Status::Failed;
+                manifest.error = Some(ErrorInfo {
+                    error_type: "panic".into(),
+                    message: panic_message(&panic),
+                    traceback: String::new(),
+                });
+                if let Err(e) = self.store.commit(&manifest, replace) {
+                    log::warn!("runcache: could not record the panic of {key}: {e}");
+                }
+                resume_unwind(panic)
+            }
+        }
+    }
+
+    fn store_artifacts(&self, ctx: &Context) -> Result<Vec<ArtifactRef>> {
+        let mut out = Vec::new();
+        for (name, path) in &ctx.artifacts {
+            if !path.exists() {
+                log::warn!(
+                    "runcache: task {} asked for artifact `{name}` but wrote no file; it is not stored",
+                    self.namespace
+                );
+                continue;
+            }
+            let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            let digest = Digest::of(&data);
+            drop(data);
+            let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+            self.store.backend().put_blob_file(&digest, path)?;
+            out.push(ArtifactRef {
+                name: name.clone(),
+                digest,
+                size,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Runs `f` with no store involved (modes `off`, and `read-only` on a miss).
+fn run_uncached<T, E, F>(namespace: &str, f: F) -> Result<T>
+where
+    E: Display,
+    F: FnOnce(&mut Context) -> std::result::Result<T, E>,
+{
+    let mut ctx = Context::new(std::env::temp_dir());
+    f(&mut ctx).map_err(|e| Error::ComputeFailed {
+        namespace: namespace.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn release(guard: crate::lease::LeaseGuard) {
+    if let Err(e) = guard.release() {
+        log::warn!("runcache: could not release a lease: {e}");
+    }
+}
+
+/// Records an interrupted computation, unless a completed entry already exists.
+fn record_interrupted(store: &Store, mut manifest: Manifest) {
+    if let Ok(Lookup::Found(m)) = store.lookup(&manifest.key) {
+        if m.status == Status::Completed {
+            return;
+        }
+    }
+    manifest.error = Some(ErrorInfo {
+        error_type: "interrupted".into(),
+        message: "the computation was stopped by a signal".into(),
+        traceback: String::new(),
+    });
+    if let Err(e) = store.commit(&manifest, true) {
+        log::warn!(
+            "runcache: could not record interruption of {}: {e}",
+            manifest.key
+        );
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".into()
+    }
+}

@@ -1,0 +1,503 @@
+//! The local-directory store (the embedded default), also correct on shared filesystems such as
+//! NFS: every write goes to a temporary file in the destination directory and is published by a
+//! `rename` (replace) or a `link` (first writer wins). No SQLite, no flock.
+//!
+//! Layout under the root:
+//! ```text
+//! RUNCACHE-STORE.json     format marker
+//! .gitignore              keeps results out of version control
+//! blobs/ab/<64 hex>       content-addressed blobs (ab = first two hex digits)
+//! manifests/ab/<64 hex>.json
+//! used/ab/<64 hex>        last-use stamp (unix ms as text)
+//! leases/ab/<64 hex>/     lease generation files (see docs/lease-protocol.md)
+//! tmp/                    scratch space for artifacts being produced
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Backend, BlobInfo, BlobReader, PollWatch, Watch, STORE_FORMAT};
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::key::Key;
+use crate::lease::FsLeases;
+use crate::lease::LeaseBackend;
+
+/// Name of the format marker at the store root.
+pub const MARKER_FILE: &str = "RUNCACHE-STORE.json";
+
+/// The contents of the format marker.
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    format: u32,
+    created_by: String,
+}
+
+/// A store in a directory on a local or shared filesystem.
+#[derive(Debug)]
+pub struct LocalBackend {
+    root: PathBuf,
+    sync: bool,
+    leases: Arc<FsLeases>,
+}
+
+impl LocalBackend {
+    /// Opens (creating if needed) the store at `root`. With `sync`, every file is fsynced before
+    /// it is published and its directory after.
+    pub fn open(root: impl Into<PathBuf>, sync: bool) -> Result<Self> {
+        let root = root.into();
+        check_or_create_marker(&root)?;
+        let leases = Arc::new(FsLeases::new(root.join("leases")));
+        Ok(LocalBackend { root, sync, leases })
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_file(&self, d: &Digest) -> PathBuf {
+        sharded(&self.root.join("blobs"), &d.to_hex(), "")
+    }
+
+    fn manifest_file(&self, k: &Key) -> PathBuf {
+        sharded(&self.root.join("manifests"), &k.to_hex(), ".json")
+    }
+
+    fn used_file(&self, k: &Key) -> PathBuf {
+        sharded(&self.root.join("used"), &k.to_hex(), "")
+    }
+
+    /// Writes `data` to `dest` through a temp file in the same directory, then publishes it.
+    /// Returns false when `replace` is false and `dest` already exists.
+    fn publish(&self, dest: &Path, data: &[u8], replace: bool) -> Result<bool> {
+        let dir = dest.parent().expect("store paths have a parent");
+        let tmp = temp_path(dir);
+        let mut f = create_in(dir, &tmp)?;
+        f.write_all(data).at(&tmp)?;
+        if self.sync {
+            f.sync_all().at(&tmp)?;
+        }
+        drop(f);
+        self.publish_file(&tmp, dest, replace)
+    }
+
+    /// Publishes an already written temp file at `dest` (rename or link), removing the temp.
+    fn publish_file(&self, tmp: &Path, dest: &Path, replace: bool) -> Result<bool> {
+        let published = if replace {
+            fs::rename(tmp, dest).at(dest)?;
+            true
+        } else {
+            let linked = match fs::hard_link(tmp, dest) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                Err(e) => {
+                    let _ = fs::remove_file(tmp);
+                    return Err(Error::io(dest, e));
+                }
+            };
+            let _ = fs::remove_file(tmp);
+            linked
+        };
+        if self.sync && published {
+            sync_dir(dest.parent().expect("store paths have a parent"))?;
+        }
+        Ok(published)
+    }
+}
+
+/// `base/ab/<hex><suffix>`.
+fn sharded(base: &Path, hex: &str, suffix: &str) -> PathBuf {
+    base.join(&hex[..2]).join(format!("{hex}{suffix}"))
+}
+
+/// A unique temp name in `dir`; names starting with `.tmp-` are never listed as content.
+fn temp_path(dir: &Path) -> PathBuf {
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).expect("the OS random source works");
+    dir.join(format!(".tmp-{}-{}", std::process::id(), hex::encode(r)))
+}
+
+/// Creates `path` exclusively, creating `dir` first if needed.
+fn create_in(dir: &Path, path: &Path) -> Result<File> {
+    let open = || OpenOptions::new().write(true).create_new(true).open(path);
+    match open() {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).at(dir)?;
+            open().at(path)
+        }
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+fn remove_optional(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Lists `base/??/*` file names that are 64 hex digits followed by `suffix`.
+fn list_sharded(base: &Path, suffix: &str) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    let shards = match fs::read_dir(base) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io(base, e)),
+    };
+    for shard in shards {
+        let shard = shard.at(base)?;
+        let files = match fs::read_dir(shard.path()) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(shard.path(), e)),
+        };
+        for f in files {
+            let f = f.at(shard.path())?;
+            let name = f.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(hex) = name.strip_suffix(suffix) else {
+                continue;
+            };
+            if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                out.push((hex.to_string(), f.path()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn check_or_create_marker(root: &Path) -> Result<()> {
+    if root.exists() && !root.is_dir() {
+        return Err(Error::BadStore {
+            location: root.display().to_string(),
+            message: "it exists and is not a directory; choose another path".into(),
+        });
+    }
+    let marker = root.join(MARKER_FILE);
+    match fs::read(&marker) {
+        Ok(bytes) => {
+            let m: Marker = serde_json::from_slice(&bytes).map_err(|e| Error::Malformed {
+                what: "store format marker",
+                path: marker.display().to_string(),
+                message: e.to_string(),
+            })?;
+            if m.format > STORE_FORMAT {
+                return Err(Error::NewerFormat {
+                    path: root.display().to_string(),
+                    found: m.format,
+                    supported: STORE_FORMAT,
+                    engine: env!("CARGO_PKG_VERSION"),
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if root.is_dir() && fs::read_dir(root).at(root)?.next().is_some() {
+                return Err(Error::BadStore {
+                    location: root.display().to_string(),
+                    message: format!(
+                        "the directory is not empty and has no {MARKER_FILE}; it is not a runcache store. Point the store at a new or empty directory"
+                    ),
+                });
+            }
+            fs::create_dir_all(root).at(root)?;
+            let _ = fs::write(
+                root.join(".gitignore"),
+                "# runcache store: results are never committed by accident\n*\n",
+            );
+            let body = serde_json::to_vec_pretty(&Marker {
+                format: STORE_FORMAT,
+                created_by: format!("runcache {}", env!("CARGO_PKG_VERSION")),
+            })
+            .expect("marker serializes");
+            let tmp = temp_path(root);
+            fs::write(&tmp, body).at(&tmp)?;
+            // Two processes creating the same store race here: the first link wins, the loser
+            // reads the winner's (identical) marker next time.
+            let linked = fs::hard_link(&tmp, &marker);
+            let _ = fs::remove_file(&tmp);
+            match linked {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(Error::io(&marker, e)),
+                _ => Ok(()),
+            }
+        }
+        Err(e) => Err(Error::io(&marker, e)),
+    }
+}
+
+fn age_seconds(meta: &fs::Metadata) -> Option<u64> {
+    let mtime = SystemTime::UNIX_EPOCH + Duration::new(meta.mtime().max(0) as u64, 0);
+    SystemTime::now()
+        .duration_since(mtime)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn has_blob(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.blob_file(digest).exists())
+    }
+
+    fn put_blob(&self, digest: &Digest, data: &[u8]) -> Result<()> {
+        let dest = self.blob_file(digest);
+        if reuse_existing(&dest, data.len() as u64) {
+            return Ok(());
+        }
+        self.publish(&dest, data, true).map(|_| ())
+    }
+
+    fn put_blob_file(&self, digest: &Digest, path: &Path) -> Result<()> {
+        let size = fs::metadata(path).at(path)?.len();
+        let dest = self.blob_file(digest);
+        if reuse_existing(&dest, size) {
+            return Ok(());
+        }
+        let dir = dest.parent().expect("sharded");
+        fs::create_dir_all(dir).at(dir)?;
+        let tmp = temp_path(dir);
+        // Prefer moving the scratch file (same filesystem); copy otherwise.
+        if fs::rename(path, &tmp).is_err() {
+            fs::copy(path, &tmp).at(&tmp)?;
+        }
+        if self.sync {
+            File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)?;
+        }
+        self.publish_file(&tmp, &dest, true).map(|_| ())
+    }
+
+    fn open_blob(&self, digest: &Digest) -> Result<Option<BlobReader>> {
+        let path = self.blob_file(digest);
+        match File::open(&path) {
+            Ok(f) => Ok(Some(Box::new(f))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let path = self.blob_file(digest);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    fn blob_path(&self, digest: &Digest) -> Option<PathBuf> {
+        Some(self.blob_file(digest))
+    }
+
+    fn delete_blob(&self, digest: &Digest) -> Result<()> {
+        remove_optional(&self.blob_file(digest))
+    }
+
+    fn list_blobs(&self) -> Result<Vec<BlobInfo>> {
+        let mut out = Vec::new();
+        for (hex, path) in list_sharded(&self.root.join("blobs"), "")? {
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            };
+            out.push(BlobInfo {
+                digest: Digest::from_hex(&hex)?,
+                size: meta.len(),
+                age_s: age_seconds(&meta),
+            });
+        }
+        Ok(out)
+    }
+
+    fn put_manifest(&self, key: &Key, bytes: &[u8], replace: bool) -> Result<bool> {
+        self.publish(&self.manifest_file(key), bytes, replace)
+    }
+
+    fn get_manifest(&self, key: &Key) -> Result<Option<Vec<u8>>> {
+        read_optional(&self.manifest_file(key))
+    }
+
+    fn delete_manifest(&self, key: &Key) -> Result<()> {
+        remove_optional(&self.manifest_file(key))
+    }
+
+    fn list_manifests(&self) -> Result<Vec<Key>> {
+        list_sharded(&self.root.join("manifests"), ".json")?
+            .into_iter()
+            .map(|(hex, _)| hex.parse())
+            .collect()
+    }
+
+    fn manifest_location(&self, key: &Key) -> String {
+        self.manifest_file(key).display().to_string()
+    }
+
+    fn touch(&self, key: &Key, unix_ms: u64) -> Result<()> {
+        let path = self.used_file(key);
+        let dir = path.parent().expect("sharded");
+        let write = || fs::write(&path, unix_ms.to_string());
+        match write() {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir).at(dir)?;
+                write().at(&path)
+            }
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
+    fn last_used(&self, key: &Key) -> Result<Option<u64>> {
+        // A torn or garbled stamp only loses recency information; treat it as absent.
+        Ok(read_optional(&self.used_file(key))?
+            .and_then(|b| std::str::from_utf8(&b).ok()?.trim().parse().ok()))
+    }
+
+    fn forget_usage(&self, key: &Key) -> Result<()> {
+        remove_optional(&self.used_file(key))
+    }
+
+    fn leases(&self) -> Arc<dyn LeaseBackend> {
+        self.leases.clone()
+    }
+
+    fn watch(&self, key: &Key) -> Result<Box<dyn Watch>> {
+        let manifest_dir = self.manifest_file(key).parent().unwrap().to_path_buf();
+        let lease_dir = self.leases.key_dir(key);
+        Ok(match InotifyWatch::new(&[manifest_dir, lease_dir]) {
+            Some(w) => Box::new(w),
+            None => Box::new(PollWatch::default()),
+        })
+    }
+
+    fn scratch_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+}
+
+/// True if `dest` already holds a blob of `size` bytes; refreshes its mtime so that gc's grace
+/// period protects a blob that a new entry is about to reference.
+fn reuse_existing(dest: &Path, size: u64) -> bool {
+    match fs::metadata(dest) {
+        Ok(m) if m.len() == size => {
+            if let Ok(f) = File::options().write(true).open(dest) {
+                let _ = f.set_modified(SystemTime::now());
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Wakes waiters through inotify on the manifest shard and the lease directory. Changes made by
+/// other machines on NFS do not raise events; the caller's bounded wait covers that case.
+struct InotifyWatch {
+    inotify: inotify::Inotify,
+}
+
+impl InotifyWatch {
+    fn new(dirs: &[PathBuf]) -> Option<Self> {
+        use inotify::WatchMask;
+        let inotify = inotify::Inotify::init().ok()?;
+        let mask = WatchMask::CREATE
+            | WatchMask::MOVED_TO
+            | WatchMask::DELETE
+            | WatchMask::CLOSE_WRITE
+            | WatchMask::DELETE_SELF;
+        let mut any = false;
+        for d in dirs {
+            if inotify.watches().add(d, mask).is_err() {
+                // The directory may not exist yet: create it so that we can watch it.
+                if fs::create_dir_all(d).is_ok() && inotify.watches().add(d, mask).is_ok() {
+                    any = true;
+                }
+            } else {
+                any = true;
+            }
+        }
+        any.then_some(InotifyWatch { inotify })
+    }
+}
+
+impl Watch for InotifyWatch {
+    fn wait(&mut self, max: Duration) {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.inotify.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = max.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+        let mut buf = [0u8; 4096];
+        while let Ok(events) = self.inotify.read_events(&mut buf) {
+            if events.count() == 0 {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_newer_format_and_foreign_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        LocalBackend::open(&root, false).unwrap();
+        assert!(root.join(".gitignore").exists());
+        fs::write(
+            root.join(MARKER_FILE),
+            br#"{"format": 99, "created_by": "runcache 9"}"#,
+        )
+        .unwrap();
+        let err = LocalBackend::open(&root, false).unwrap_err();
+        assert!(matches!(err, Error::NewerFormat { found: 99, .. }), "{err}");
+        assert!(err.to_string().contains("Upgrade runcache"));
+
+        let foreign = dir.path().join("f");
+        fs::create_dir(&foreign).unwrap();
+        fs::write(foreign.join("thesis.tex"), b"x").unwrap();
+        let err = LocalBackend::open(&foreign, false).unwrap_err();
+        assert!(err.to_string().contains("not a runcache store"), "{err}");
+    }
+
+    #[test]
+    fn first_manifest_writer_wins_unless_replacing() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::open(dir.path().join("s"), true).unwrap();
+        let k = Key(Digest::of(b"k"));
+        assert!(b.put_manifest(&k, b"one", false).unwrap());
+        assert!(!b.put_manifest(&k, b"two", false).unwrap());
+        assert_eq!(b.get_manifest(&k).unwrap().unwrap(), b"one");
+        assert!(b.put_manifest(&k, b"three", true).unwrap());
+        assert_eq!(b.get_manifest(&k).unwrap().unwrap(), b"three");
+        // No temp files are left behind.
+        let shard = b.manifest_file(&k).parent().unwrap().to_path_buf();
+        assert_eq!(fs::read_dir(shard).unwrap().count(), 1);
+    }
+}

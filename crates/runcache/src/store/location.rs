@@ -1,0 +1,90 @@
+//! Turning a store location (a path or a URL) into a backend.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{Backend, LocalBackend, MemoryBackend};
+use crate::error::{Error, Result};
+
+/// Environment variable naming the default store.
+pub const STORE_ENV: &str = "RUNCACHE_STORE";
+
+/// The default store location when nothing else is given.
+pub const DEFAULT_STORE: &str = ".runcache";
+
+/// Options that a location's query string (`?sync=true`) or the API can set.
+#[derive(Clone, Debug, Default)]
+pub struct BackendOptions {
+    /// fsync files before publishing them and directories after (local stores).
+    pub sync: bool,
+}
+
+/// `RUNCACHE_STORE` if set and non-empty, else `./.runcache`.
+pub fn default_location() -> String {
+    match std::env::var(STORE_ENV) {
+        Ok(s) if !s.trim().is_empty() => s,
+        _ => DEFAULT_STORE.to_string(),
+    }
+}
+
+/// Opens the backend named by `location`:
+/// - a filesystem path, or `file:///abs/path` — the local-directory store;
+/// - `memory://` (private) or `memory://NAME` (shared by name within this process).
+///
+/// Query parameters: `sync=true|false`.
+pub fn open_backend(location: &str, base: &BackendOptions) -> Result<Arc<dyn Backend>> {
+    let (target, query) = match location.split_once('?') {
+        Some((t, q)) => (t, q),
+        None => (location, ""),
+    };
+    let mut opts = base.clone();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
+        match k {
+            "sync" => opts.sync = parse_bool(location, k, v)?,
+            _ => {
+                return Err(Error::BadStore {
+                    location: location.into(),
+                    message: format!("unknown option `{k}`; known options: sync"),
+                })
+            }
+        }
+    }
+    if let Some(name) = target.strip_prefix("memory://") {
+        return Ok(if name.is_empty() {
+            Arc::new(MemoryBackend::new())
+        } else {
+            MemoryBackend::named(name)
+        });
+    }
+    let path = if let Some(p) = target.strip_prefix("file://") {
+        PathBuf::from(p)
+    } else if let Some((scheme, _)) = target.split_once("://") {
+        return Err(Error::BadStore {
+            location: location.into(),
+            message: format!(
+                "`{scheme}://` stores are not supported by this build; supported: a directory path, file:///path, memory://[NAME]"
+            ),
+        });
+    } else {
+        PathBuf::from(target)
+    };
+    if path.as_os_str().is_empty() {
+        return Err(Error::BadStore {
+            location: location.into(),
+            message: "empty path; give a directory, e.g. ./.runcache".into(),
+        });
+    }
+    Ok(Arc::new(LocalBackend::open(path, opts.sync)?))
+}
+
+fn parse_bool(location: &str, key: &str, v: &str) -> Result<bool> {
+    match v {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(Error::BadStore {
+            location: location.into(),
+            message: format!("option `{key}` must be true or false, not `{v}`"),
+        }),
+    }
+}

@@ -1,0 +1,132 @@
+//! Storage backends. One trait, [`Backend`], holds the primitives every store provides:
+//! content-addressed blobs, atomically committed manifests, last-use stamps, leases and a way to
+//! wait for changes. The engine (`crate::engine`) builds everything else on top of it.
+
+use std::fmt::Debug;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::key::Key;
+use crate::lease::LeaseBackend;
+
+pub mod local;
+pub mod location;
+pub mod memory;
+
+pub use local::LocalBackend;
+pub use location::{open_backend, BackendOptions};
+pub use memory::MemoryBackend;
+
+/// Format of the store layout written by this engine (the marker at the store root).
+pub const STORE_FORMAT: u32 = 1;
+
+/// A readable stream of one blob's content.
+pub type BlobReader = Box<dyn Read + Send>;
+
+/// The primitives a storage backend provides. Implementations must be safe to share between
+/// threads and correct between processes (and machines, for shared backends).
+///
+/// Contract:
+/// - Blobs are immutable and named by the BLAKE3 digest of their content. `put_blob` of an
+///   existing digest is a no-op. Backends never verify content on read; the engine does.
+/// - `put_manifest` is the commit point of an entry and is atomic: a reader sees the old
+///   manifest, the new one, or none, never a mix. With `replace == false` the first writer wins.
+pub trait Backend: Send + Sync + Debug {
+    /// Where the store lives (path or URL), for messages.
+    fn location(&self) -> String;
+
+    /// True if the blob exists.
+    fn has_blob(&self, digest: &Digest) -> Result<bool>;
+    /// Stores `data` under `digest` (computed by the caller). No-op if already present.
+    fn put_blob(&self, digest: &Digest, data: &[u8]) -> Result<()>;
+    /// Stores the content of the file at `path` under `digest`; the backend may move the file.
+    fn put_blob_file(&self, digest: &Digest, path: &Path) -> Result<()>;
+    /// Opens a blob for streaming; `None` if it does not exist.
+    fn open_blob(&self, digest: &Digest) -> Result<Option<BlobReader>>;
+    /// The blob's size, or `None` if it does not exist.
+    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// A local file holding the blob, when the backend keeps blobs as files (enables mmap).
+    fn blob_path(&self, _digest: &Digest) -> Option<PathBuf> {
+        None
+    }
+    /// Deletes a blob (no error if absent).
+    fn delete_blob(&self, digest: &Digest) -> Result<()>;
+    /// Every blob with its size and, where known, its age in seconds (for gc's grace period).
+    fn list_blobs(&self) -> Result<Vec<BlobInfo>>;
+
+    /// Atomically writes an entry's manifest. Returns false if `replace` is false and a
+    /// manifest already exists (the existing one is kept).
+    fn put_manifest(&self, key: &Key, bytes: &[u8], replace: bool) -> Result<bool>;
+    /// Reads a manifest; `None` if the entry does not exist.
+    fn get_manifest(&self, key: &Key) -> Result<Option<Vec<u8>>>;
+    /// Deletes a manifest (no error if absent).
+    fn delete_manifest(&self, key: &Key) -> Result<()>;
+    /// Keys of every manifest in the store.
+    fn list_manifests(&self) -> Result<Vec<Key>>;
+    /// Where the manifest of `key` lives, for messages.
+    fn manifest_location(&self, key: &Key) -> String;
+
+    /// Records that `key` was used at `unix_ms`.
+    fn touch(&self, key: &Key, unix_ms: u64) -> Result<()>;
+    /// When `key` was last recorded as used.
+    fn last_used(&self, key: &Key) -> Result<Option<u64>>;
+    /// Forgets the usage record of `key`.
+    fn forget_usage(&self, key: &Key) -> Result<()>;
+
+    /// The lease primitives of this store.
+    fn leases(&self) -> Arc<dyn LeaseBackend>;
+
+    /// A way to sleep until the entry or the lease of `key` may have changed.
+    fn watch(&self, key: &Key) -> Result<Box<dyn Watch>> {
+        let _ = key;
+        Ok(Box::new(PollWatch::default()))
+    }
+
+    /// A directory for scratch files (artifacts being produced), on the same filesystem as the
+    /// blobs when possible so that storing them is a rename.
+    fn scratch_dir(&self) -> PathBuf {
+        std::env::temp_dir()
+    }
+}
+
+/// One stored blob as listed by [`Backend::list_blobs`].
+#[derive(Clone, Debug)]
+pub struct BlobInfo {
+    /// The blob's digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Seconds since it was written or last re-used, if the backend knows.
+    pub age_s: Option<u64>,
+}
+
+/// Sleeps until something relevant may have changed.
+pub trait Watch: Send {
+    /// Returns after a change notification or after at most `max`.
+    fn wait(&mut self, max: Duration);
+}
+
+/// Adaptive polling: starts at 1 ms and backs off to 50 ms.
+#[derive(Debug)]
+pub struct PollWatch {
+    next: Duration,
+}
+
+impl Default for PollWatch {
+    fn default() -> Self {
+        PollWatch {
+            next: Duration::from_millis(1),
+        }
+    }
+}
+
+impl Watch for PollWatch {
+    fn wait(&mut self, max: Duration) {
+        std::thread::sleep(self.next.min(max));
+        self.next = (self.next * 3 / 2).min(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,402 @@
+//! The store conformance suite: every backend must pass every check here. A backend's test file
+//! calls [`run_all`] with a factory that opens a fresh, empty store.
+//!
+//! Corruption is injected through the backend's own `put_blob` (backends never verify what they
+//! store), so the same checks run against any backend.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use runcache::lease::Acquire;
+use runcache::{Error, GcOptions, Mode, Status, Store};
+
+/// Opens a fresh, empty store.
+pub type Factory<'a> = &'a dyn Fn() -> Store;
+
+/// Runs every check against stores from `open`.
+pub fn run_all(open: Factory<'_>) {
+    hit_after_miss_typed_and_bytes(open());
+    keys_distinguish_args_versions_and_namespaces(open());
+    blobs_are_deduplicated(open());
+    failures_are_recorded_and_retried(open());
+    modes_behave(open());
+    truncated_blob_is_a_miss(open());
+    bit_flipped_blob_is_a_miss(open());
+    missing_blob_is_a_miss(open());
+    malformed_manifest_is_a_miss(open());
+    artifacts_round_trip(open());
+    dependencies_are_recorded(open());
+    gc_evicts_lru_by_size_and_age(open());
+    gc_spares_entries_under_lease(open());
+    verify_reports_and_repairs(open());
+    threads_compute_once(open());
+    leases_are_exclusive(open());
+}
+
+fn big(seed: u8) -> Vec<u8> {
+    (0..20_000u32).map(|i| (i as u8).wrapping_mul(seed)).collect()
+}
+
+fn no_compute<T>() -> Result<T, String> {
+    Err("this computation must not run: the entry should be a hit".into())
+}
+
+pub fn hit_after_miss_typed_and_bytes(store: Store) {
+    let task = store.task("conf.typed").version("1");
+    let calls = AtomicUsize::new(0);
+    let compute = || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, String>((vec![1.5f64, 2.5], "hello".to_string()))
+    };
+    let a: (Vec<f64>, String) = task.get_or_compute(&(1, "x"), compute).unwrap();
+    let b: (Vec<f64>, String) = task.get_or_compute(&(1, "x"), compute).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "second call must be a hit");
+    let entry = task.entry(&(1, "x")).unwrap();
+    assert!(entry.exists().unwrap());
+    let info = entry.info().unwrap().unwrap();
+    assert_eq!(info.namespace, "conf.typed");
+    assert_eq!(info.version, "1");
+    assert_eq!(info.status, Status::Completed);
+    assert_eq!(info.pid, std::process::id());
+    assert!(info.key_doc.to_string().contains("conf.typed"));
+    assert_eq!(entry.load::<(Vec<f64>, String)>().unwrap(), a);
+
+    let raw = store.task("conf.bytes");
+    let data = big(3);
+    let got = raw
+        .get_or_compute_bytes(&"blob", |_| Ok::<_, String>(data.clone()))
+        .unwrap();
+    assert_eq!(got, data);
+    let again = raw
+        .get_or_compute_bytes(&"blob", |_| no_compute::<Vec<u8>>())
+        .unwrap();
+    assert_eq!(again, data);
+    assert_eq!(raw.entry(&"blob").unwrap().load_bytes().unwrap(), data);
+}
+
+pub fn keys_distinguish_args_versions_and_namespaces(store: Store) {
+    let t1 = store.task("conf.keys").version("1");
+    let t2 = store.task("conf.keys").version("2");
+    let other = store.task("conf.other").version("1");
+    let k = t1.key(&("1", "23")).unwrap();
+    assert_ne!(k, t1.key(&("12", "3")).unwrap());
+    assert_ne!(k, t2.key(&("1", "23")).unwrap());
+    assert_ne!(k, other.key(&("1", "23")).unwrap());
+    assert_eq!(k, t1.key(&("1", "23")).unwrap());
+    let v1: u32 = t1.get_or_compute(&7, || Ok::<_, String>(1)).unwrap();
+    let v2: u32 = t2.get_or_compute(&7, || Ok::<_, String>(2)).unwrap();
+    assert_eq!((v1, v2), (1, 2), "a version bump must recompute");
+}
+
+pub fn blobs_are_deduplicated(store: Store) {
+    let t = store.task("conf.dedup");
+    let data = big(5);
+    t.get_or_compute_bytes(&1, |_| Ok::<_, String>(data.clone()))
+        .unwrap();
+    t.get_or_compute_bytes(&2, |_| Ok::<_, String>(data.clone()))
+        .unwrap();
+    let blobs = store.backend().list_blobs().unwrap();
+    assert_eq!(blobs.len(), 1, "identical results share one blob");
+    assert_eq!(blobs[0].size, data.len() as u64);
+}
+
+pub fn failures_are_recorded_and_retried(store: Store) {
+    let t = store.task("conf.fail");
+    let err = t
+        .get_or_compute(&1, || Err::<u32, _>("boom: bad input"))
+        .unwrap_err();
+    assert!(matches!(err, Error::ComputeFailed { .. }), "{err}");
+    let m = t.entry(&1).unwrap().info().unwrap().unwrap();
+    assert_eq!(m.status, Status::Failed);
+    assert_eq!(m.error.as_ref().unwrap().message, "boom: bad input");
+    // A later plain call re-raises the recorded failure without recomputing.
+    let err = t.get_or_compute(&1, no_compute::<u32>).unwrap_err();
+    match err {
+        Error::RecordedFailure { message, .. } => assert_eq!(message, "boom: bad input"),
+        other => panic!("expected RecordedFailure, got {other}"),
+    }
+    // Retry recomputes it.
+    let v: u32 = t
+        .clone()
+        .mode(Mode::Retry)
+        .get_or_compute(&1, || Ok::<_, String>(9))
+        .unwrap();
+    assert_eq!(v, 9);
+    assert_eq!(t.get_or_compute(&1, no_compute::<u32>).unwrap(), 9);
+    // A panic is recorded as a failure and propagates.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _: Result<u32, _> = t.get_or_compute(&2, || -> Result<u32, String> { panic!("kaboom") });
+    }));
+    assert!(r.is_err());
+    let m = t.entry(&2).unwrap().info().unwrap().unwrap();
+    assert_eq!(m.status, Status::Failed);
+    assert!(m.error.unwrap().message.contains("kaboom"));
+}
+
+pub fn modes_behave(store: Store) {
+    let t = store.task("conf.modes");
+    let v: u32 = t.get_or_compute(&1, || Ok::<_, String>(1)).unwrap();
+    assert_eq!(v, 1);
+    let forced: u32 = t
+        .clone()
+        .mode(Mode::Force)
+        .get_or_compute(&1, || Ok::<_, String>(2))
+        .unwrap();
+    assert_eq!(forced, 2);
+    assert_eq!(t.get_or_compute(&1, no_compute::<u32>).unwrap(), 2, "force replaced it");
+    // off: always computes, never reads or writes.
+    let off = t.clone().mode(Mode::Off);
+    assert_eq!(off.get_or_compute(&1, || Ok::<_, String>(3)).unwrap(), 3);
+    assert_eq!(off.get_or_compute(&5, || Ok::<_, String>(5)).unwrap(), 5);
+    assert!(t.entry(&5).unwrap().info().unwrap().is_none());
+    // read-only: uses what exists; computes a miss without writing anything.
+    let ro = t.clone().mode(Mode::ReadOnly);
+    assert_eq!(ro.get_or_compute(&1, no_compute::<u32>).unwrap(), 2);
+    assert_eq!(ro.get_or_compute(&6, || Ok::<_, String>(6)).unwrap(), 6);
+    assert!(t.entry(&6).unwrap().info().unwrap().is_none());
+    assert!(store.leases().view(&t.key(&6).unwrap()).unwrap().is_none_or(|v| v.record.is_none()));
+    assert_eq!("read-only".parse::<Mode>().unwrap(), Mode::ReadOnly);
+    assert!("sometimes".parse::<Mode>().unwrap_err().to_string().contains("cached, force"));
+}
+
+/// Overwrites the value blob of `task`'s entry for `arg` with `bytes`; returns the digest.
+fn damage_value_blob(store: &Store, task: &runcache::Task, arg: u32, bytes: Option<Vec<u8>>) {
+    let m = task.entry(&arg).unwrap().info().unwrap().unwrap();
+    let blob = m.blob("value").unwrap();
+    assert!(blob.inline.is_none(), "test needs an external blob");
+    store.backend().delete_blob(&blob.digest).unwrap();
+    if let Some(b) = bytes {
+        store.backend().put_blob(&blob.digest, &b).unwrap();
+    }
+}
+
+fn damaged_then_recomputed(store: Store, damage: Option<fn(Vec<u8>) -> Vec<u8>>) {
+    let t = store.task("conf.damage");
+    let data = big(7);
+    t.get_or_compute_bytes(&1u32, |_| Ok::<_, String>(data.clone()))
+        .unwrap();
+    damage_value_blob(&store, &t, 1, damage.map(|f| f(data.clone())));
+    let calls = AtomicUsize::new(0);
+    let got = t
+        .get_or_compute_bytes(&1u32, |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, String>(data.clone())
+        })
+        .unwrap();
+    assert_eq!(got, data, "damaged data must never be returned");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "a damaged entry is a miss");
+    // The recomputed entry is whole again.
+    assert_eq!(t.entry(&1u32).unwrap().load_bytes().unwrap(), data);
+    let report = store.verify(false, &|_, _, _| {}).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+pub fn truncated_blob_is_a_miss(store: Store) {
+    damaged_then_recomputed(store, Some(|mut d| {
+        d.truncate(d.len() / 2);
+        d
+    }));
+}
+
+pub fn bit_flipped_blob_is_a_miss(store: Store) {
+    damaged_then_recomputed(store, Some(|mut d| {
+        d[1234] ^= 0x10;
+        d
+    }));
+}
+
+pub fn missing_blob_is_a_miss(store: Store) {
+    damaged_then_recomputed(store, None);
+}
+
+pub fn malformed_manifest_is_a_miss(store: Store) {
+    let t = store.task("conf.malformed");
+    t.get_or_compute(&1u32, || Ok::<_, String>(1u32)).unwrap();
+    let key = t.key(&1u32).unwrap();
+    store
+        .backend()
+        .put_manifest(&key, b"{\"format\": 1, \"key\": tru", true)
+        .unwrap();
+    let err = t.entry(&1u32).unwrap().info().unwrap_err();
+    assert!(matches!(err, Error::Malformed { .. }), "{err}");
+    let v: u32 = t.get_or_compute(&1u32, || Ok::<_, String>(2)).unwrap();
+    assert_eq!(v, 2, "a malformed manifest is a miss and is replaced");
+    assert_eq!(t.entry(&1u32).unwrap().load::<u32>().unwrap(), 2);
+}
+
+pub fn artifacts_round_trip(store: Store) {
+    let t = store.task("conf.artifacts");
+    let v: u32 = t
+        .get_or_compute_with(&1, |ctx| {
+            std::fs::write(ctx.artifact_path("report.txt").unwrap(), b"side effect").unwrap();
+            std::fs::write(ctx.artifact_path("plots/a.bin").unwrap(), big(9)).unwrap();
+            ctx.set_metadata("rows", 42).unwrap();
+            Ok::<_, String>(5)
+        })
+        .unwrap();
+    assert_eq!(v, 5);
+    let e = t.entry(&1).unwrap();
+    let mut names: Vec<String> = e.artifacts().unwrap().into_iter().map(|a| a.name).collect();
+    names.sort();
+    assert_eq!(names, ["plots/a.bin", "report.txt"]);
+    assert_eq!(e.read_artifact("report.txt").unwrap(), b"side effect");
+    assert_eq!(e.read_artifact("plots/a.bin").unwrap(), big(9));
+    assert!(e.read_artifact("nope").unwrap_err().to_string().contains("report.txt"));
+    assert_eq!(e.info().unwrap().unwrap().metadata["rows"], 42);
+}
+
+pub fn dependencies_are_recorded(store: Store) {
+    let inner = store.task("conf.inner").version("3");
+    let outer = store.task("conf.outer");
+    let v: u32 = outer
+        .get_or_compute(&1, || {
+            let a: u32 = inner.get_or_compute(&10, || Ok::<_, String>(10)).unwrap();
+            Ok::<_, String>(a + 1)
+        })
+        .unwrap();
+    assert_eq!(v, 11);
+    let deps = outer.entry(&1).unwrap().info().unwrap().unwrap().dependencies;
+    assert_eq!(deps.len(), 1);
+    assert_eq!(deps[0].namespace, "conf.inner");
+    assert_eq!(deps[0].version, "3");
+    assert_eq!(deps[0].key, inner.key(&10).unwrap());
+    // The inner entry records no dependency of its own.
+    assert!(inner.entry(&10).unwrap().info().unwrap().unwrap().dependencies.is_empty());
+}
+
+fn gc_now() -> GcOptions {
+    GcOptions {
+        min_idle: Duration::ZERO,
+        blob_grace: Duration::ZERO,
+        ..GcOptions::default()
+    }
+}
+
+pub fn gc_evicts_lru_by_size_and_age(store: Store) {
+    let t = store.task("conf.gc");
+    for i in 0..4u32 {
+        t.get_or_compute_bytes(&i, |_| Ok::<_, String>(big(i as u8 + 11)))
+            .unwrap();
+        // Distinct last-use stamps, oldest first: 0, 1, 2, 3.
+        store
+            .backend()
+            .touch(&t.key(&i).unwrap(), 1_000 + i as u64)
+            .unwrap();
+    }
+    let key_of = |i: u32| t.key(&i).unwrap();
+    let created = t.entry(&0).unwrap().info().unwrap().unwrap().created_unix_ms;
+    // Created times dominate the tiny stamps; give each entry an order via its manifest time.
+    for i in 0..4u32 {
+        let mut m = store.manifest(&key_of(i)).unwrap().unwrap();
+        m.created_unix_ms = created - 100_000 + i as u64 * 1000;
+        store.backend().put_manifest(&key_of(i), &m.to_bytes(), true).unwrap();
+    }
+    let one = big(1).len() as u64;
+    let dry = store
+        .gc(&GcOptions { max_size: Some(2 * one), dry_run: true, ..gc_now() }, &|_, _, _| {})
+        .unwrap();
+    assert_eq!(dry.removed.len(), 2);
+    assert_eq!(store.entries().unwrap().len(), 4, "dry run removes nothing");
+    let report = store
+        .gc(&GcOptions { max_size: Some(2 * one), ..gc_now() }, &|_, _, _| {})
+        .unwrap();
+    let removed: Vec<_> = report.removed.iter().map(|r| r.0).collect();
+    assert_eq!(removed, [key_of(0), key_of(1)], "least recently used go first");
+    assert_eq!(report.blobs_removed, 2);
+    assert!(t.entry(&2).unwrap().exists().unwrap() && t.entry(&3).unwrap().exists().unwrap());
+    assert_eq!(store.backend().list_blobs().unwrap().len(), 2, "unreferenced blobs removed");
+    // Age: everything older than a second goes, but recent use protects an entry.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    store.backend().touch(&key_of(3), now_ms).unwrap();
+    let report = store
+        .gc(
+            &GcOptions {
+                older_than: Some(Duration::from_secs(1)),
+                ..gc_now()
+            },
+            &|_, _, _| {},
+        )
+        .unwrap();
+    assert_eq!(report.removed.len(), 1, "{report:?}");
+    assert_eq!(report.removed[0].0, key_of(2));
+}
+
+pub fn gc_spares_entries_under_lease(store: Store) {
+    let t = store.task("conf.gclease");
+    t.get_or_compute_bytes(&1u32, |_| Ok::<_, String>(big(2))).unwrap();
+    let key = t.key(&1u32).unwrap();
+    let Acquire::Won(guard) = store.leases().try_acquire(&key, "conf.gclease").unwrap() else {
+        panic!("lease should be free");
+    };
+    let report = store
+        .gc(&GcOptions { max_size: Some(0), ..gc_now() }, &|_, _, _| {})
+        .unwrap();
+    assert!(report.removed.is_empty());
+    assert_eq!(report.protected, 1);
+    assert!(t.entry(&1u32).unwrap().exists().unwrap());
+    guard.release().unwrap();
+    let report = store
+        .gc(&GcOptions { max_size: Some(0), ..gc_now() }, &|_, _, _| {})
+        .unwrap();
+    assert_eq!(report.removed.len(), 1);
+    assert!(!t.entry(&1u32).unwrap().exists().unwrap());
+}
+
+pub fn verify_reports_and_repairs(store: Store) {
+    let t = store.task("conf.verify");
+    for i in 0..3u32 {
+        t.get_or_compute_bytes(&i, |_| Ok::<_, String>(big(i as u8 + 20)))
+            .unwrap();
+    }
+    let clean = store.verify(false, &|_, _, _| {}).unwrap();
+    assert!(clean.problems.is_empty());
+    assert_eq!(clean.entries, 3);
+    damage_value_blob(&store, &t, 1, Some(vec![0u8; 20_000]));
+    let report = store.verify(false, &|_, _, _| {}).unwrap();
+    assert_eq!(report.problems.len(), 1);
+    assert_eq!(report.problems[0].key, t.key(&1u32).unwrap());
+    assert!(report.problems[0].problem.contains("digest"), "{:?}", report.problems);
+    let repaired = store.verify(true, &|_, _, _| {}).unwrap();
+    assert_eq!(repaired.removed, 1);
+    assert!(store.verify(false, &|_, _, _| {}).unwrap().problems.is_empty());
+    assert!(t.entry(&1u32).unwrap().info().unwrap().is_none());
+    assert!(t.entry(&0u32).unwrap().exists().unwrap());
+}
+
+pub fn threads_compute_once(store: Store) {
+    let t = store.task("conf.threads");
+    let calls = AtomicUsize::new(0);
+    let items: Vec<u32> = (0..40).map(|i| i % 10).collect();
+    let out = t.map_with(
+        &items,
+        &runcache::MapOptions { threads: Some(8), progress: false },
+        |i| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(5));
+            Ok::<_, String>(i * 2)
+        },
+    );
+    let values: Vec<u32> = out.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(values, items.iter().map(|i| i * 2).collect::<Vec<_>>(), "results in order");
+    assert_eq!(calls.load(Ordering::SeqCst), 10, "each distinct item computed once");
+}
+
+pub fn leases_are_exclusive(store: Store) {
+    let key = store.task("conf.lease").key(&1).unwrap();
+    let Acquire::Won(g) = store.leases().try_acquire(&key, "conf.lease").unwrap() else {
+        panic!("free lease not acquired");
+    };
+    assert!(matches!(store.leases().try_acquire(&key, "conf.lease").unwrap(), Acquire::Busy(_)));
+    let listed = store.leases().list().unwrap();
+    assert!(listed.iter().any(|v| v.key == key && v.record.is_some()));
+    g.release().unwrap();
+    assert!(matches!(store.leases().try_acquire(&key, "conf.lease").unwrap(), Acquire::Won(_)));
+    let _ = BTreeMap::<u8, u8>::new();
+}
