@@ -7,6 +7,20 @@
 
 use std::fmt::Debug;
 
+mod fs;
+mod heartbeat;
+mod identity;
+mod manager;
+mod memory;
+mod signals;
+
+#[cfg(test)]
+pub(crate) mod conformance;
+
+pub use fs::FsLeases;
+pub use manager::{Acquire, LeaseGuard, LeaseOptions, LeaseView, Leases};
+pub use memory::MemoryLeases;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;

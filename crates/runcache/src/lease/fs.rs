@@ -1,0 +1,410 @@
+//! Leases on a local or shared (NFS) directory, with nothing but `link()`, `rename()` and
+//! `O_EXCL` — no `flock`, no SQLite. See `docs/lease-protocol.md`.
+//!
+//! One directory per key, `<dir>/<first 2 hex>/<64 hex>/`, holding:
+//!
+//! - `g.<n>`: the JSON [`LeaseRecord`] of generation `n`. Written to a unique temp file first and
+//!   then `link()`ed to its name, so it appears whole or not at all (never an empty or partial
+//!   file), and `link()` fails with `EEXIST` for every claimant but one.
+//! - `h.<n>`: the heartbeat counter of generation `n` (decimal), replaced by temp + `rename()`.
+//! - `r.<n>`: marker that generation `n` was released by its owner.
+//! - `t.<random>`: temp files in flight.
+//!
+//! The highest `n` among `g.*`/`r.*` is the current generation; it is free if `r.<n>` exists.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{self, ErrorKind, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use super::identity::random_hex;
+use super::{LeaseBackend, LeaseRecord, LeaseState};
+use crate::error::{Error, IoContext, Result};
+use crate::key::Key;
+
+/// How often a read retries when the files it listed vanish under it (a concurrent takeover or
+/// clean) before giving up with an error.
+const READ_RETRIES: usize = 100;
+
+/// Temp files older than this are garbage left by killed processes; [`FsLeases::clean`] removes
+/// them. Far longer than any in-flight write.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
+
+/// The [`LeaseBackend`] of the local and shared-filesystem stores.
+#[derive(Clone, Debug)]
+pub struct FsLeases {
+    dir: PathBuf,
+}
+
+/// What one listing of a key directory found.
+#[derive(Debug, Default)]
+struct Listing {
+    gens: BTreeSet<u64>,
+    beats: BTreeSet<u64>,
+    releases: BTreeSet<u64>,
+    temps: Vec<String>,
+}
+
+impl Listing {
+    /// The current generation: highest `g.n` or `r.n` (0 if none).
+    fn current(&self) -> u64 {
+        let g = self.gens.last().copied().unwrap_or(0);
+        let r = self.releases.last().copied().unwrap_or(0);
+        g.max(r)
+    }
+}
+
+enum Name {
+    Gen(u64),
+    Beat(u64),
+    Release(u64),
+    Temp,
+}
+
+fn parse_name(name: &str) -> Option<Name> {
+    if name.starts_with("t.") {
+        return Some(Name::Temp);
+    }
+    let (kind, num) = name.split_once('.')?;
+    let n: u64 = num.parse().ok()?;
+    if n.to_string() != num {
+        return None;
+    }
+    match kind {
+        "g" => Some(Name::Gen(n)),
+        "h" => Some(Name::Beat(n)),
+        "r" => Some(Name::Release(n)),
+        _ => None,
+    }
+}
+
+/// Removes `path`, ignoring "already gone".
+fn remove_quietly(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != ErrorKind::NotFound {
+            log::debug!("could not remove {}: {e}", path.display());
+        }
+    }
+}
+
+impl FsLeases {
+    /// Leases under `dir`, normally `<store root>/leases`. Nothing is created until a lease is.
+    pub fn new(dir: PathBuf) -> Self {
+        FsLeases { dir }
+    }
+
+    /// The root directory of all leases.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The directory holding `key`'s lease files: `<dir>/<first 2 hex>/<64 hex>/`. The engine
+    /// watches it (inotify) to learn promptly that a lease was released or taken over.
+    pub fn key_dir(&self, key: &Key) -> PathBuf {
+        let hex = key.to_hex();
+        self.dir.join(&hex[..2]).join(&hex)
+    }
+
+    /// Lists a key directory. `Ok(None)` if it does not exist. Names only: files that vanish
+    /// during the listing are simply missing or present; readers re-list on `ENOENT`.
+    fn listing(dir: &Path) -> Result<Option<Listing>> {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(dir, e)),
+        };
+        let mut listing = Listing::default();
+        for entry in entries {
+            let entry = entry.at(dir)?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            match parse_name(name) {
+                Some(Name::Gen(n)) => {
+                    listing.gens.insert(n);
+                }
+                Some(Name::Beat(n)) => {
+                    listing.beats.insert(n);
+                }
+                Some(Name::Release(n)) => {
+                    listing.releases.insert(n);
+                }
+                Some(Name::Temp) => listing.temps.push(name.to_string()),
+                None => {}
+            }
+        }
+        Ok(Some(listing))
+    }
+
+    /// Reads and parses `g.<n>`. `Ok(None)` if it does not exist (any more).
+    fn read_record(dir: &Path, n: u64) -> Result<Option<LeaseRecord>> {
+        let path = dir.join(format!("g.{n}"));
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let malformed = |message: String| Error::Malformed {
+            what: "lease record",
+            path: path.display().to_string(),
+            message,
+        };
+        let record: LeaseRecord =
+            serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?;
+        if record.generation != n {
+            return Err(malformed(format!(
+                "the record says generation {} but the file is generation {n}",
+                record.generation
+            )));
+        }
+        Ok(Some(record))
+    }
+
+    /// Reads `h.<n>`. `Ok(None)` if it does not exist.
+    fn read_beat(dir: &Path, n: u64) -> Result<Option<u64>> {
+        let path = dir.join(format!("h.{n}"));
+        match fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().map(Some).map_err(|e| Error::Malformed {
+                what: "lease heartbeat",
+                path: path.display().to_string(),
+                message: format!("{e} (content {text:?})"),
+            }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == ErrorKind::InvalidData => Err(Error::Malformed {
+                what: "lease heartbeat",
+                path: path.display().to_string(),
+                message: e.to_string(),
+            }),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    /// Writes `bytes` to a fresh, uniquely named temp file in `dir` and returns its path.
+    fn write_temp(dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
+        let path = dir.join(format!("t.{}", random_hex(12)?));
+        let result = (|| -> io::Result<()> {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            file.write_all(bytes)
+        })();
+        if let Err(e) = result {
+            remove_quietly(&path);
+            return Err(Error::io(path, e));
+        }
+        Ok(path)
+    }
+
+    /// Whether the caller still holds generation `n` as `owner`: nothing newer exists, `n` is not
+    /// released, and `g.<n>` carries `owner`'s token.
+    fn still_owner(dir: &Path, n: u64, owner: &str) -> Result<bool> {
+        let Some(listing) = Self::listing(dir)? else {
+            return Ok(false);
+        };
+        if listing.current() > n || listing.releases.contains(&n) {
+            return Ok(false);
+        }
+        Ok(Self::read_record(dir, n)?.is_some_and(|r| r.owner == owner))
+    }
+
+    /// Reads the state of the lease in `dir`, and whether any generation file is present
+    /// (false once cleaned).
+    fn read_dir_state(dir: &Path) -> Result<(LeaseState, bool)> {
+        for _ in 0..READ_RETRIES {
+            let Some(listing) = Self::listing(dir)? else {
+                return Ok((LeaseState::Free { next_generation: 1 }, false));
+            };
+            let n = listing.current();
+            let has_gens = !listing.gens.is_empty();
+            if n == 0 || listing.releases.contains(&n) {
+                return Ok((
+                    LeaseState::Free {
+                        next_generation: n + 1,
+                    },
+                    has_gens,
+                ));
+            }
+            // g.<n> was listed; if it is gone now, a takeover or clean raced us: look again.
+            let Some(record) = Self::read_record(dir, n)? else {
+                continue;
+            };
+            let beat = Self::read_beat(dir, n)?.unwrap_or(0);
+            return Ok((LeaseState::Held { record, beat }, true));
+        }
+        Err(Error::io(
+            dir,
+            io::Error::other("the lease files kept changing while being read"),
+        ))
+    }
+}
+
+impl LeaseBackend for FsLeases {
+    fn read(&self, key: &Key) -> Result<LeaseState> {
+        Ok(Self::read_dir_state(&self.key_dir(key))?.0)
+    }
+
+    fn try_create(&self, key: &Key, record: &LeaseRecord) -> Result<bool> {
+        let n = record.generation;
+        if n == 0 {
+            return Err(Error::Invalid("lease generations start at 1".into()));
+        }
+        let dir = self.key_dir(key);
+        // create_dir_all tolerates concurrent creators (EEXIST on any component is fine).
+        fs::create_dir_all(&dir).at(&dir)?;
+        let json = serde_json::to_vec_pretty(record)
+            .map_err(|e| Error::Invalid(format!("cannot encode a lease record: {e}")))?;
+        let temp = Self::write_temp(&dir, &json)?;
+        let target = dir.join(format!("g.{n}"));
+        let linked = match fs::hard_link(&temp, &target) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                // On NFS a retransmitted LINK can report EEXIST although the first one worked:
+                // the temp file's link count tells the truth (see open(2), O_EXCL).
+                Ok(fs::metadata(&temp).is_ok_and(|m| m.nlink() == 2))
+            }
+            Err(e) => match fs::metadata(&temp) {
+                Ok(m) if m.nlink() == 2 => Ok(true),
+                _ => Err(Error::io(&target, e)),
+            },
+        };
+        remove_quietly(&temp);
+        if !linked? {
+            return Ok(false);
+        }
+        // We created g.<n>. If a newer generation (or a release of one) already exists, or n was
+        // already released, a slow claimant re-created a generation that a later winner or
+        // `clean` had removed: we did not win.
+        let listing = Self::listing(&dir)?.unwrap_or_default();
+        if listing.current() > n || listing.releases.contains(&n) {
+            remove_quietly(&target);
+            return Ok(false);
+        }
+        // The winner of generation n removes everything of older generations.
+        let older = |set: &BTreeSet<u64>| set.range(..n).copied().collect::<Vec<_>>();
+        for k in older(&listing.gens) {
+            remove_quietly(&dir.join(format!("g.{k}")));
+        }
+        for k in older(&listing.beats) {
+            remove_quietly(&dir.join(format!("h.{k}")));
+        }
+        for k in older(&listing.releases) {
+            remove_quietly(&dir.join(format!("r.{k}")));
+        }
+        Ok(true)
+    }
+
+    fn beat(&self, key: &Key, generation: u64, owner: &str, beat: u64) -> Result<bool> {
+        let dir = self.key_dir(key);
+        if !Self::still_owner(&dir, generation, owner)? {
+            return Ok(false);
+        }
+        let temp = Self::write_temp(&dir, format!("{beat}\n").as_bytes())?;
+        let target = dir.join(format!("h.{generation}"));
+        if let Err(e) = fs::rename(&temp, &target) {
+            remove_quietly(&temp);
+            return Err(Error::io(target, e));
+        }
+        Ok(true)
+    }
+
+    fn release(&self, key: &Key, generation: u64, owner: &str) -> Result<bool> {
+        let dir = self.key_dir(key);
+        if !Self::still_owner(&dir, generation, owner)? {
+            return Ok(false);
+        }
+        let marker = dir.join(format!("r.{generation}"));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+        {
+            Ok(mut file) => {
+                // Content is informational only; the marker's existence is what counts.
+                let _ = file.write_all(owner.as_bytes());
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io(marker, e)),
+        }
+    }
+
+    fn list(&self) -> Result<Vec<(Key, LeaseState)>> {
+        let mut out = Vec::new();
+        let shards = match fs::read_dir(&self.dir) {
+            Ok(shards) => shards,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io(&self.dir, e)),
+        };
+        for shard in shards {
+            let shard = shard.at(&self.dir)?;
+            let shard_name = shard.file_name();
+            let Some(shard_name) = shard_name.to_str() else {
+                continue;
+            };
+            if shard_name.len() != 2 {
+                continue;
+            }
+            let shard_path = shard.path();
+            let keys = match fs::read_dir(&shard_path) {
+                Ok(keys) => keys,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == ErrorKind::NotADirectory => continue,
+                Err(e) => return Err(Error::io(shard_path, e)),
+            };
+            for entry in keys {
+                let entry = entry.at(&shard_path)?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if !name.starts_with(shard_name) {
+                    continue;
+                }
+                let Ok(key) = Key::from_str(name) else {
+                    continue;
+                };
+                let (state, has_gens) = Self::read_dir_state(&entry.path())?;
+                if has_gens {
+                    out.push((key, state));
+                }
+            }
+        }
+        out.sort_by_key(|a| a.0);
+        Ok(out)
+    }
+
+    fn clean(&self, key: &Key) -> Result<()> {
+        let dir = self.key_dir(key);
+        let Some(listing) = Self::listing(&dir)? else {
+            return Ok(());
+        };
+        for temp in &listing.temps {
+            let path = dir.join(temp);
+            let stale = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age > STALE_TEMP_AGE);
+            if stale {
+                remove_quietly(&path);
+            }
+        }
+        let n = listing.current();
+        if n == 0 || !listing.releases.contains(&n) {
+            return Ok(()); // held (or nothing): never touch
+        }
+        // Keep only r.<n>, so the next claimant still creates n+1 (generations never go back).
+        // A concurrent claimant creates n+1 or later, which we do not touch.
+        for k in listing.gens.range(..=n) {
+            remove_quietly(&dir.join(format!("g.{k}")));
+        }
+        for k in listing.beats.range(..=n) {
+            remove_quietly(&dir.join(format!("h.{k}")));
+        }
+        for k in listing.releases.range(..n) {
+            remove_quietly(&dir.join(format!("r.{k}")));
+        }
+        Ok(())
+    }
+}
