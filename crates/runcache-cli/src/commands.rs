@@ -78,7 +78,9 @@ fn status_of(e: &EntryInfo) -> &'static str {
 }
 
 fn namespace_of(e: &EntryInfo) -> &str {
-    e.manifest.as_ref().map_or("(damaged)", |m| m.namespace.as_str())
+    e.manifest
+        .as_ref()
+        .map_or("(damaged)", |m| m.namespace.as_str())
 }
 
 fn ls(
@@ -141,7 +143,9 @@ fn ls(
                 vec![
                     e.key.to_hex()[..12].to_string(),
                     namespace_of(e).to_string(),
-                    e.manifest.as_ref().map_or("-".into(), |m| m.version.clone()),
+                    e.manifest
+                        .as_ref()
+                        .map_or("-".into(), |m| m.version.clone()),
                     status_of(e).to_string(),
                     size(e.manifest.as_ref().map_or(0, |m| m.total_size())),
                     e.manifest
@@ -181,7 +185,12 @@ fn show(cli: &Cli, store: &Store, key: &str) -> Result<ExitCode> {
     println!("namespace  {}", m.namespace);
     println!("version    {}", m.version);
     println!("status     {}", m.status.as_str());
-    println!("created    {} by pid {} on {}", age(m.created_unix_ms), m.pid, m.host);
+    println!(
+        "created    {} by pid {} on {}",
+        age(m.created_unix_ms),
+        m.pid,
+        m.host
+    );
     println!("duration   {:.3} s", m.duration_s);
     println!("encoding   {}", m.encoding);
     if let Some(err) = &m.error {
@@ -290,7 +299,11 @@ fn gc(cli: &Cli, store: &Store, options: GcOptions) -> Result<ExitCode> {
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let verb = if report.dry_run { "would evict" } else { "evicted" };
+        let verb = if report.dry_run {
+            "would evict"
+        } else {
+            "evicted"
+        };
         for (k, ns, bytes) in &report.removed {
             println!("{verb} {k} {ns} {}", size(*bytes));
         }

@@ -15,7 +15,12 @@ mod format;
 #[command(name = "runcache", version, about, long_about = None)]
 pub struct Cli {
     /// Store to use: a directory, file:///path or memory://NAME.
-    #[arg(long, global = true, env = "RUNCACHE_STORE", default_value = ".runcache")]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNCACHE_STORE",
+        default_value = ".runcache"
+    )]
     pub store: String,
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]

@@ -57,7 +57,10 @@ fn main() -> runcache::Result<()> {
 
     let t = Instant::now();
     let r: Result = task.get_or_compute(&params, || {
-        println!("computing pi from {} samples (expensive)...", params.samples);
+        println!(
+            "computing pi from {} samples (expensive)...",
+            params.samples
+        );
         Ok::<_, String>(estimate_pi(&params))
     })?;
     let first = t.elapsed();
@@ -92,7 +95,11 @@ fn main() -> runcache::Result<()> {
             first.as_secs_f64() / hit.as_secs_f64()
         );
     }
-    println!("key {}; inspect it with `runcache show {}`", entry.key(), &entry.key().to_hex()[..12]);
+    println!(
+        "key {}; inspect it with `runcache show {}`",
+        entry.key(),
+        &entry.key().to_hex()[..12]
+    );
     Ok(())
 }
 

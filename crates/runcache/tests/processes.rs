@@ -107,7 +107,11 @@ fn spawn(role: &str, store: &str, dir: &Path, round: u64, env: &[(&str, String)]
 fn wait_for(path: &Path, limit: Duration) {
     let t = Instant::now();
     while !path.exists() {
-        assert!(t.elapsed() < limit, "timed out waiting for {}", path.display());
+        assert!(
+            t.elapsed() < limit,
+            "timed out waiting for {}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -134,7 +138,9 @@ fn eight_processes_racing_compute_once() {
     for round in 0..20u64 {
         let rdir = dir.path().join(format!("r{round}"));
         fs::create_dir(&rdir).unwrap();
-        let children: Vec<Child> = (0..8).map(|_| spawn("race", store, &rdir, round, &[])).collect();
+        let children: Vec<Child> = (0..8)
+            .map(|_| spawn("race", store, &rdir, round, &[]))
+            .collect();
         fs::write(rdir.join("go"), b"").unwrap();
         for c in children {
             let out = c.wait_with_output().unwrap();
@@ -144,10 +150,17 @@ fn eight_processes_racing_compute_once() {
                 "child failed: {stdout}\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            assert!(stdout.contains(&format!("VALUE {}", round * 10 + 1)), "{stdout}");
+            assert!(
+                stdout.contains(&format!("VALUE {}", round * 10 + 1)),
+                "{stdout}"
+            );
         }
         let computed = fs::read_to_string(rdir.join(format!("computed-{round}"))).unwrap();
-        assert_eq!(computed.lines().count(), 1, "round {round}: computed by {computed:?}");
+        assert_eq!(
+            computed.lines().count(),
+            1,
+            "round {round}: computed by {computed:?}"
+        );
     }
 }
 
@@ -211,7 +224,10 @@ fn dead_holder_is_taken_over_after_the_lease_window_without_same_host_checks() {
     let t = Instant::now();
     check_whole(&store, 1);
     // The taker had to watch the dead holder's heartbeat stay still for a whole TTL.
-    assert!(t.elapsed() >= Duration::from_millis(600), "took over before the lease window");
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "took over before the lease window"
+    );
 }
 
 #[test]
@@ -234,12 +250,18 @@ fn sigterm_records_interrupted_and_hands_over_at_once() {
     let out = child.wait_with_output().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(libc::SIGTERM), "{out:?}");
-    let m = store.task("proc.slow").entry(&7u64).unwrap().info().unwrap().unwrap();
+    let m = store
+        .task("proc.slow")
+        .entry(&7u64)
+        .unwrap()
+        .info()
+        .unwrap()
+        .unwrap();
     assert_eq!(m.status, Status::Interrupted);
 
     // 2. A waiter gets the lease as soon as the holder is terminated, and recomputes.
     fs::remove_file(dir.path().join("started-7")).unwrap();
-    let holder = spawn("slow", store_loc, dir.path(), 7, &env);
+    let mut holder = spawn("slow", store_loc, dir.path(), 7, &env);
     wait_for(&dir.path().join("started-7"), Duration::from_secs(30));
     let waiter_env = [
         ("RC_COMPUTE_MS", "10".to_string()),
@@ -249,12 +271,25 @@ fn sigterm_records_interrupted_and_hands_over_at_once() {
     fs::remove_file(dir.path().join("started-7")).unwrap();
     let waiter = spawn("slow", store_loc, dir.path(), 7, &waiter_env);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!dir.path().join("started-7").exists(), "the waiter must wait, not compute");
+    assert!(
+        !dir.path().join("started-7").exists(),
+        "the waiter must wait, not compute"
+    );
     signal(&holder, libc::SIGTERM);
     let t = Instant::now();
     let out = waiter.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(t.elapsed() < Duration::from_secs(60), "handover waited for the TTL");
-    assert!(dir.path().join("started-7").exists(), "the waiter recomputed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "handover waited for the TTL"
+    );
+    assert!(
+        dir.path().join("started-7").exists(),
+        "the waiter recomputed"
+    );
     check_whole(&store, 7);
 }

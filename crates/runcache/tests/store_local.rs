@@ -36,14 +36,19 @@ fn default_store_honours_env_and_writes_gitignore() {
     let store = Store::open_default().unwrap();
     std::env::remove_var("RUNCACHE_STORE");
     assert_eq!(store.location(), path.display().to_string());
-    assert!(fs::read_to_string(path.join(".gitignore")).unwrap().contains('*'));
+    assert!(fs::read_to_string(path.join(".gitignore"))
+        .unwrap()
+        .contains('*'));
     assert!(path.join("RUNCACHE-STORE.json").exists());
 }
 
 #[test]
 fn bad_locations_are_clear_errors() {
     let err = Store::open("s3://bucket/prefix").unwrap_err();
-    assert!(err.to_string().contains("not supported by this build"), "{err}");
+    assert!(
+        err.to_string().contains("not supported by this build"),
+        "{err}"
+    );
     let err = Store::open("/tmp/x?colour=blue").unwrap_err();
     assert!(err.to_string().contains("unknown option `colour`"), "{err}");
     let err = Store::open("/tmp/x?sync=maybe").unwrap_err();
@@ -56,20 +61,34 @@ fn bad_locations_are_clear_errors() {
 #[test]
 fn blob_files_are_sharded_and_temp_files_never_linger() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(dir.path().join("s").to_str().unwrap(), StoreOptions::default())
-        .unwrap();
+    let store = Store::open_with(
+        dir.path().join("s").to_str().unwrap(),
+        StoreOptions::default(),
+    )
+    .unwrap();
     let t = store.task("layout");
     let data = vec![3u8; 100_000];
-    t.get_or_compute_bytes(&1, |_| Ok::<_, String>(data.clone())).unwrap();
+    t.get_or_compute_bytes(&1, |_| Ok::<_, String>(data.clone()))
+        .unwrap();
     let m = t.entry(&1).unwrap().info().unwrap().unwrap();
     let hex = m.blobs[0].digest.to_hex();
     let blob = dir.path().join("s/blobs").join(&hex[..2]).join(&hex);
     assert_eq!(fs::metadata(&blob).unwrap().len(), 100_000);
     let key = m.key.to_hex();
-    assert!(dir.path().join("s/manifests").join(&key[..2]).join(format!("{key}.json")).exists());
+    assert!(dir
+        .path()
+        .join("s/manifests")
+        .join(&key[..2])
+        .join(format!("{key}.json"))
+        .exists());
     let leftovers: Vec<_> = walk(dir.path())
         .into_iter()
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".tmp-"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".tmp-")
+        })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -77,16 +96,24 @@ fn blob_files_are_sharded_and_temp_files_never_linger() {
 #[test]
 fn read_only_store_serves_hits() {
     if unsafe { libc_geteuid() } == 0 {
-        eprintln!("skipping read-only directory test: running as root, permissions are not enforced");
+        eprintln!(
+            "skipping read-only directory test: running as root, permissions are not enforced"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s");
     let store = Store::open(path.to_str().unwrap()).unwrap();
-    store.task("ro").get_or_compute(&1, || Ok::<_, String>(5u8)).unwrap();
+    store
+        .task("ro")
+        .get_or_compute(&1, || Ok::<_, String>(5u8))
+        .unwrap();
     set_mode_recursive(&path, 0o555);
     let store = Store::open(path.to_str().unwrap()).unwrap();
-    let v: u8 = store.task("ro").get_or_compute(&1, || Err::<u8, _>("must hit")).unwrap();
+    let v: u8 = store
+        .task("ro")
+        .get_or_compute(&1, || Err::<u8, _>("must hit"))
+        .unwrap();
     assert_eq!(v, 5);
     set_mode_recursive(&path, 0o755);
 }
@@ -133,13 +160,26 @@ fn hits_record_use_at_most_once_per_granularity() {
     // Another process (a fresh handle) stamps on its first hit, and only once.
     let other = Store::open_with(
         path.to_str().unwrap(),
-        StoreOptions { usage_granularity: std::time::Duration::from_secs(3600), ..Default::default() },
+        StoreOptions {
+            usage_granularity: std::time::Duration::from_secs(3600),
+            ..Default::default()
+        },
     )
     .unwrap();
-    other.task("usage").get_or_compute(&1, || Err::<u8, _>("hit")).unwrap();
+    other
+        .task("usage")
+        .get_or_compute(&1, || Err::<u8, _>("hit"))
+        .unwrap();
     let stamp = store.backend().last_used(&key).unwrap().expect("stamped");
     store.backend().touch(&key, 5).unwrap();
-    other.task("usage").get_or_compute(&1, || Err::<u8, _>("hit")).unwrap();
-    assert_eq!(store.backend().last_used(&key).unwrap(), Some(5), "no second write within the granularity");
+    other
+        .task("usage")
+        .get_or_compute(&1, || Err::<u8, _>("hit"))
+        .unwrap();
+    assert_eq!(
+        store.backend().last_used(&key).unwrap(),
+        Some(5),
+        "no second write within the granularity"
+    );
     assert!(stamp > 5);
 }

@@ -50,7 +50,10 @@ impl Entry {
             Some(m) => Err(Error::NotFound {
                 namespace: self.namespace.clone(),
                 key: self.key.to_hex(),
-                hint: format!(" (the stored entry is {}, not completed)", m.status.as_str()),
+                hint: format!(
+                    " (the stored entry is {}, not completed)",
+                    m.status.as_str()
+                ),
             }),
             None => Err(Error::NotFound {
                 namespace: self.namespace.clone(),

@@ -283,7 +283,10 @@ impl Store {
                 if let Some(inline) = b.inline_bytes() {
                     let data = inline?;
                     if data.len() as u64 != b.size || Digest::of(&data) != b.digest {
-                        problems.push(format!("inline blob `{}` does not match its digest", b.role));
+                        problems.push(format!(
+                            "inline blob `{}` does not match its digest",
+                            b.role
+                        ));
                     }
                     continue;
                 }

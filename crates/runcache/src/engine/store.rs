@@ -58,7 +58,7 @@ impl std::fmt::Debug for Store {
 /// The outcome of reading one entry's manifest.
 pub(crate) enum Lookup {
     Missing,
-    Found(Manifest),
+    Found(Box<Manifest>),
     Damaged(String),
 }
 
@@ -88,12 +88,7 @@ impl Store {
 
     /// Opens a store with explicit options.
     pub fn open_with(location: &str, options: StoreOptions) -> Result<Store> {
-        let backend = store::open_backend(
-            location,
-            &BackendOptions {
-                sync: options.sync,
-            },
-        )?;
+        let backend = store::open_backend(location, &BackendOptions { sync: options.sync })?;
         Ok(Self::from_backend(backend, options))
     }
 
@@ -145,7 +140,7 @@ impl Store {
         };
         let path = self.inner.backend.manifest_location(key);
         match Manifest::parse(&bytes, &path) {
-            Ok(m) if m.key == *key => Ok(Lookup::Found(m)),
+            Ok(m) if m.key == *key => Ok(Lookup::Found(Box::new(m))),
             Ok(m) => Ok(Lookup::Damaged(format!(
                 "{path} names key {} instead of {key}",
                 m.key
@@ -157,7 +152,7 @@ impl Store {
     /// The manifest of `key`, if present and readable.
     pub fn manifest(&self, key: &Key) -> Result<Option<Manifest>> {
         match self.lookup(key)? {
-            Lookup::Found(m) => Ok(Some(m)),
+            Lookup::Found(m) => Ok(Some(*m)),
             Lookup::Missing => Ok(None),
             Lookup::Damaged(msg) => Err(Error::Malformed {
                 what: "manifest",
@@ -307,7 +302,7 @@ impl Store {
                 Lookup::Found(m) => EntryInfo {
                     key,
                     last_used_unix_ms: used.max(m.created_unix_ms),
-                    manifest: Some(m),
+                    manifest: Some(*m),
                     damage: None,
                 },
                 Lookup::Damaged(msg) => EntryInfo {
@@ -319,7 +314,7 @@ impl Store {
             };
             out.push(info);
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.sort_by_key(|e| e.key);
         Ok(out)
     }
 

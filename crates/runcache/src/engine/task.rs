@@ -296,7 +296,7 @@ impl Task {
                 );
                 return Ok(Check::Compute { replace: true });
             }
-            Lookup::Found(m) => m,
+            Lookup::Found(m) => *m,
         };
         match (manifest.status, self.mode) {
             (_, Mode::Force) => Ok(Check::Compute { replace: true }),
@@ -471,7 +471,9 @@ impl Task {
             let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             let digest = Digest::of(&data);
             drop(data);
-            let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+            let size = std::fs::metadata(path)
+                .map_err(|e| Error::io(path, e))?
+                .len();
             self.store.backend().put_blob_file(&digest, path)?;
             out.push(ArtifactRef {
                 name: name.clone(),

@@ -10,8 +10,8 @@ use super::{Backend, BlobInfo, BlobReader};
 use crate::digest::Digest;
 use crate::error::{IoContext, Result};
 use crate::key::Key;
-use crate::lease::MemoryLeases;
 use crate::lease::LeaseBackend;
+use crate::lease::MemoryLeases;
 
 /// A store held in this process's memory.
 #[derive(Debug, Default)]

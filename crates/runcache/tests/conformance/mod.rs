@@ -37,7 +37,9 @@ pub fn run_all(open: Factory<'_>) {
 }
 
 fn big(seed: u8) -> Vec<u8> {
-    (0..20_000u32).map(|i| (i as u8).wrapping_mul(seed)).collect()
+    (0..20_000u32)
+        .map(|i| (i as u8).wrapping_mul(seed))
+        .collect()
 }
 
 fn no_compute<T>() -> Result<T, String> {
@@ -129,7 +131,8 @@ pub fn failures_are_recorded_and_retried(store: Store) {
     assert_eq!(t.get_or_compute(&1, no_compute::<u32>).unwrap(), 9);
     // A panic is recorded as a failure and propagates.
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let _: Result<u32, _> = t.get_or_compute(&2, || -> Result<u32, String> { panic!("kaboom") });
+        let _: Result<u32, _> =
+            t.get_or_compute(&2, || -> Result<u32, String> { panic!("kaboom") });
     }));
     assert!(r.is_err());
     let m = t.entry(&2).unwrap().info().unwrap().unwrap();
@@ -147,7 +150,11 @@ pub fn modes_behave(store: Store) {
         .get_or_compute(&1, || Ok::<_, String>(2))
         .unwrap();
     assert_eq!(forced, 2);
-    assert_eq!(t.get_or_compute(&1, no_compute::<u32>).unwrap(), 2, "force replaced it");
+    assert_eq!(
+        t.get_or_compute(&1, no_compute::<u32>).unwrap(),
+        2,
+        "force replaced it"
+    );
     // off: always computes, never reads or writes.
     let off = t.clone().mode(Mode::Off);
     assert_eq!(off.get_or_compute(&1, || Ok::<_, String>(3)).unwrap(), 3);
@@ -158,9 +165,17 @@ pub fn modes_behave(store: Store) {
     assert_eq!(ro.get_or_compute(&1, no_compute::<u32>).unwrap(), 2);
     assert_eq!(ro.get_or_compute(&6, || Ok::<_, String>(6)).unwrap(), 6);
     assert!(t.entry(&6).unwrap().info().unwrap().is_none());
-    assert!(store.leases().view(&t.key(&6).unwrap()).unwrap().is_none_or(|v| v.record.is_none()));
+    assert!(store
+        .leases()
+        .view(&t.key(&6).unwrap())
+        .unwrap()
+        .is_none_or(|v| v.record.is_none()));
     assert_eq!("read-only".parse::<Mode>().unwrap(), Mode::ReadOnly);
-    assert!("sometimes".parse::<Mode>().unwrap_err().to_string().contains("cached, force"));
+    assert!("sometimes"
+        .parse::<Mode>()
+        .unwrap_err()
+        .to_string()
+        .contains("cached, force"));
 }
 
 /// Overwrites the value blob of `task`'s entry for `arg` with `bytes`; returns the digest.
@@ -196,17 +211,23 @@ fn damaged_then_recomputed(store: Store, damage: Option<fn(Vec<u8>) -> Vec<u8>>)
 }
 
 pub fn truncated_blob_is_a_miss(store: Store) {
-    damaged_then_recomputed(store, Some(|mut d| {
-        d.truncate(d.len() / 2);
-        d
-    }));
+    damaged_then_recomputed(
+        store,
+        Some(|mut d| {
+            d.truncate(d.len() / 2);
+            d
+        }),
+    );
 }
 
 pub fn bit_flipped_blob_is_a_miss(store: Store) {
-    damaged_then_recomputed(store, Some(|mut d| {
-        d[1234] ^= 0x10;
-        d
-    }));
+    damaged_then_recomputed(
+        store,
+        Some(|mut d| {
+            d[1234] ^= 0x10;
+            d
+        }),
+    );
 }
 
 pub fn missing_blob_is_a_miss(store: Store) {
@@ -245,7 +266,11 @@ pub fn artifacts_round_trip(store: Store) {
     assert_eq!(names, ["plots/a.bin", "report.txt"]);
     assert_eq!(e.read_artifact("report.txt").unwrap(), b"side effect");
     assert_eq!(e.read_artifact("plots/a.bin").unwrap(), big(9));
-    assert!(e.read_artifact("nope").unwrap_err().to_string().contains("report.txt"));
+    assert!(e
+        .read_artifact("nope")
+        .unwrap_err()
+        .to_string()
+        .contains("report.txt"));
     assert_eq!(e.info().unwrap().unwrap().metadata["rows"], 42);
 }
 
@@ -259,13 +284,26 @@ pub fn dependencies_are_recorded(store: Store) {
         })
         .unwrap();
     assert_eq!(v, 11);
-    let deps = outer.entry(&1).unwrap().info().unwrap().unwrap().dependencies;
+    let deps = outer
+        .entry(&1)
+        .unwrap()
+        .info()
+        .unwrap()
+        .unwrap()
+        .dependencies;
     assert_eq!(deps.len(), 1);
     assert_eq!(deps[0].namespace, "conf.inner");
     assert_eq!(deps[0].version, "3");
     assert_eq!(deps[0].key, inner.key(&10).unwrap());
     // The inner entry records no dependency of its own.
-    assert!(inner.entry(&10).unwrap().info().unwrap().unwrap().dependencies.is_empty());
+    assert!(inner
+        .entry(&10)
+        .unwrap()
+        .info()
+        .unwrap()
+        .unwrap()
+        .dependencies
+        .is_empty());
 }
 
 fn gc_now() -> GcOptions {
@@ -288,27 +326,57 @@ pub fn gc_evicts_lru_by_size_and_age(store: Store) {
             .unwrap();
     }
     let key_of = |i: u32| t.key(&i).unwrap();
-    let created = t.entry(&0).unwrap().info().unwrap().unwrap().created_unix_ms;
+    let created = t
+        .entry(&0)
+        .unwrap()
+        .info()
+        .unwrap()
+        .unwrap()
+        .created_unix_ms;
     // Created times dominate the tiny stamps; give each entry an order via its manifest time.
     for i in 0..4u32 {
         let mut m = store.manifest(&key_of(i)).unwrap().unwrap();
         m.created_unix_ms = created - 100_000 + i as u64 * 1000;
-        store.backend().put_manifest(&key_of(i), &m.to_bytes(), true).unwrap();
+        store
+            .backend()
+            .put_manifest(&key_of(i), &m.to_bytes(), true)
+            .unwrap();
     }
     let one = big(1).len() as u64;
     let dry = store
-        .gc(&GcOptions { max_size: Some(2 * one), dry_run: true, ..gc_now() }, &|_, _, _| {})
+        .gc(
+            &GcOptions {
+                max_size: Some(2 * one),
+                dry_run: true,
+                ..gc_now()
+            },
+            &|_, _, _| {},
+        )
         .unwrap();
     assert_eq!(dry.removed.len(), 2);
     assert_eq!(store.entries().unwrap().len(), 4, "dry run removes nothing");
     let report = store
-        .gc(&GcOptions { max_size: Some(2 * one), ..gc_now() }, &|_, _, _| {})
+        .gc(
+            &GcOptions {
+                max_size: Some(2 * one),
+                ..gc_now()
+            },
+            &|_, _, _| {},
+        )
         .unwrap();
     let removed: Vec<_> = report.removed.iter().map(|r| r.0).collect();
-    assert_eq!(removed, [key_of(0), key_of(1)], "least recently used go first");
+    assert_eq!(
+        removed,
+        [key_of(0), key_of(1)],
+        "least recently used go first"
+    );
     assert_eq!(report.blobs_removed, 2);
     assert!(t.entry(&2).unwrap().exists().unwrap() && t.entry(&3).unwrap().exists().unwrap());
-    assert_eq!(store.backend().list_blobs().unwrap().len(), 2, "unreferenced blobs removed");
+    assert_eq!(
+        store.backend().list_blobs().unwrap().len(),
+        2,
+        "unreferenced blobs removed"
+    );
     // Age: everything older than a second goes, but recent use protects an entry.
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -330,20 +398,33 @@ pub fn gc_evicts_lru_by_size_and_age(store: Store) {
 
 pub fn gc_spares_entries_under_lease(store: Store) {
     let t = store.task("conf.gclease");
-    t.get_or_compute_bytes(&1u32, |_| Ok::<_, String>(big(2))).unwrap();
+    t.get_or_compute_bytes(&1u32, |_| Ok::<_, String>(big(2)))
+        .unwrap();
     let key = t.key(&1u32).unwrap();
     let Acquire::Won(guard) = store.leases().try_acquire(&key, "conf.gclease").unwrap() else {
         panic!("lease should be free");
     };
     let report = store
-        .gc(&GcOptions { max_size: Some(0), ..gc_now() }, &|_, _, _| {})
+        .gc(
+            &GcOptions {
+                max_size: Some(0),
+                ..gc_now()
+            },
+            &|_, _, _| {},
+        )
         .unwrap();
     assert!(report.removed.is_empty());
     assert_eq!(report.protected, 1);
     assert!(t.entry(&1u32).unwrap().exists().unwrap());
     guard.release().unwrap();
     let report = store
-        .gc(&GcOptions { max_size: Some(0), ..gc_now() }, &|_, _, _| {})
+        .gc(
+            &GcOptions {
+                max_size: Some(0),
+                ..gc_now()
+            },
+            &|_, _, _| {},
+        )
         .unwrap();
     assert_eq!(report.removed.len(), 1);
     assert!(!t.entry(&1u32).unwrap().exists().unwrap());
@@ -362,10 +443,18 @@ pub fn verify_reports_and_repairs(store: Store) {
     let report = store.verify(false, &|_, _, _| {}).unwrap();
     assert_eq!(report.problems.len(), 1);
     assert_eq!(report.problems[0].key, t.key(&1u32).unwrap());
-    assert!(report.problems[0].problem.contains("digest"), "{:?}", report.problems);
+    assert!(
+        report.problems[0].problem.contains("digest"),
+        "{:?}",
+        report.problems
+    );
     let repaired = store.verify(true, &|_, _, _| {}).unwrap();
     assert_eq!(repaired.removed, 1);
-    assert!(store.verify(false, &|_, _, _| {}).unwrap().problems.is_empty());
+    assert!(store
+        .verify(false, &|_, _, _| {})
+        .unwrap()
+        .problems
+        .is_empty());
     assert!(t.entry(&1u32).unwrap().info().unwrap().is_none());
     assert!(t.entry(&0u32).unwrap().exists().unwrap());
 }
@@ -376,7 +465,10 @@ pub fn threads_compute_once(store: Store) {
     let items: Vec<u32> = (0..40).map(|i| i % 10).collect();
     let out = t.map_with(
         &items,
-        &runcache::MapOptions { threads: Some(8), progress: false },
+        &runcache::MapOptions {
+            threads: Some(8),
+            progress: false,
+        },
         |i| {
             calls.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(5));
@@ -384,8 +476,16 @@ pub fn threads_compute_once(store: Store) {
         },
     );
     let values: Vec<u32> = out.into_iter().map(|r| r.unwrap()).collect();
-    assert_eq!(values, items.iter().map(|i| i * 2).collect::<Vec<_>>(), "results in order");
-    assert_eq!(calls.load(Ordering::SeqCst), 10, "each distinct item computed once");
+    assert_eq!(
+        values,
+        items.iter().map(|i| i * 2).collect::<Vec<_>>(),
+        "results in order"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        10,
+        "each distinct item computed once"
+    );
 }
 
 pub fn leases_are_exclusive(store: Store) {
@@ -393,10 +493,16 @@ pub fn leases_are_exclusive(store: Store) {
     let Acquire::Won(g) = store.leases().try_acquire(&key, "conf.lease").unwrap() else {
         panic!("free lease not acquired");
     };
-    assert!(matches!(store.leases().try_acquire(&key, "conf.lease").unwrap(), Acquire::Busy(_)));
+    assert!(matches!(
+        store.leases().try_acquire(&key, "conf.lease").unwrap(),
+        Acquire::Busy(_)
+    ));
     let listed = store.leases().list().unwrap();
     assert!(listed.iter().any(|v| v.key == key && v.record.is_some()));
     g.release().unwrap();
-    assert!(matches!(store.leases().try_acquire(&key, "conf.lease").unwrap(), Acquire::Won(_)));
+    assert!(matches!(
+        store.leases().try_acquire(&key, "conf.lease").unwrap(),
+        Acquire::Won(_)
+    ));
     let _ = BTreeMap::<u8, u8>::new();
 }
