@@ -291,5 +291,6 @@ fn sigterm_records_interrupted_and_hands_over_at_once() {
         dir.path().join("started-7").exists(),
         "the waiter recomputed"
     );
+    assert_eq!(holder.wait().unwrap().signal(), Some(libc::SIGTERM));
     check_whole(&store, 7);
 }
