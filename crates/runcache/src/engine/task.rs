@@ -1,6 +1,7 @@
 //! [`Task`]: a named, versioned computation whose results are cached by argument key, and the
 //! compute-once protocol (`get_or_compute`).
 
+use std::borrow::Cow;
 use std::fmt::Display;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::str::FromStr;
@@ -80,8 +81,8 @@ pub struct Task {
 /// How a value travels to and from its blob.
 struct Codec<T> {
     name: &'static str,
-    encode: fn(&T) -> Result<Vec<u8>>,
-    decode: fn(&Key, &[u8]) -> Result<T>,
+    encode: fn(&T) -> Result<Cow<'_, [u8]>>,
+    decode: fn(&Key, Vec<u8>) -> Result<T>,
 }
 
 /// What the store says about a key, given the mode.
@@ -170,10 +171,11 @@ impl Task {
             name: "postcard",
             encode: |v| {
                 postcard::to_stdvec(v)
+                    .map(Cow::Owned)
                     .map_err(|e| Error::Invalid(format!("cannot encode the result: {e}")))
             },
             decode: |key, bytes| {
-                postcard::from_bytes(bytes).map_err(|e| Error::Decode {
+                postcard::from_bytes(&bytes).map_err(|e| Error::Decode {
                     key: key.to_hex(),
                     type_name: std::any::type_name::<T>(),
                     message: e.to_string(),
@@ -192,8 +194,8 @@ impl Task {
     {
         let codec = Codec::<Vec<u8>> {
             name: "raw",
-            encode: |v| Ok(v.clone()),
-            decode: |_, b| Ok(b.to_vec()),
+            encode: |v| Ok(Cow::Borrowed(v.as_slice())),
+            decode: |_, b| Ok(b),
         };
         self.resolve(args, f, &codec)
     }
@@ -359,7 +361,7 @@ impl Task {
             }
         }
         let bytes = self.store.read_blob(&manifest.key, blob)?;
-        (codec.decode)(&manifest.key, &bytes)
+        (codec.decode)(&manifest.key, bytes)
     }
 
     fn recorded_failure(&self, key: &Key, err: ErrorInfo) -> Error {
