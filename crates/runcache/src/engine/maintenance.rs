@@ -41,7 +41,7 @@ pub struct NamespaceUsage {
 /// What `gc` should remove.
 #[derive(Clone, Debug)]
 pub struct GcOptions {
-    /// Evict least-recently-used entries until the blobs take at most this many bytes.
+    /// Evict least-recently-used entries until blobs and manifests take at most this many bytes.
     pub max_size: Option<u64>,
     /// Evict entries not used for longer than this.
     pub older_than: Option<Duration>,
@@ -152,7 +152,11 @@ impl Store {
                 }
             }
         }
-        let mut live_bytes: u64 = refs.keys().filter_map(|d| sizes.get(d)).sum();
+        // Manifests (with their inline blobs) count too: they are what small results cost.
+        let manifest_bytes =
+            |e: &EntryInfo| e.manifest.as_ref().map_or(0, |m| m.to_bytes().len() as u64);
+        let mut live_bytes: u64 = refs.keys().filter_map(|d| sizes.get(d)).sum::<u64>()
+            + entries.iter().map(manifest_bytes).sum::<u64>();
         let mut report = GcReport {
             dry_run: options.dry_run,
             ..Default::default()
@@ -185,7 +189,7 @@ impl Store {
                 report.protected += 1;
                 continue;
             }
-            let mut freed = 0;
+            let mut freed = manifest_bytes(e);
             for d in &digests {
                 let r = refs.get_mut(d).expect("counted above");
                 *r -= 1;

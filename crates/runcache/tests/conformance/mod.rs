@@ -346,7 +346,7 @@ pub fn gc_evicts_lru_by_size_and_age(store: Store) {
     let dry = store
         .gc(
             &GcOptions {
-                max_size: Some(2 * one),
+                max_size: Some(2 * one + 4096),
                 dry_run: true,
                 ..gc_now()
             },
@@ -358,7 +358,7 @@ pub fn gc_evicts_lru_by_size_and_age(store: Store) {
     let report = store
         .gc(
             &GcOptions {
-                max_size: Some(2 * one),
+                max_size: Some(2 * one + 4096),
                 ..gc_now()
             },
             &|_, _, _| {},
