@@ -6,7 +6,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -34,6 +33,8 @@ pub fn run_all(open: Factory<'_>) {
     verify_reports_and_repairs(open());
     threads_compute_once(open());
     leases_are_exclusive(open());
+    waiting_times_out_with_a_clear_error(open());
+    waiter_loads_what_the_holder_commits(open());
 }
 
 fn big(seed: u8) -> Vec<u8> {
@@ -504,5 +505,86 @@ pub fn leases_are_exclusive(store: Store) {
         store.leases().try_acquire(&key, "conf.lease").unwrap(),
         Acquire::Won(_)
     ));
-    let _ = BTreeMap::<u8, u8>::new();
+}
+
+pub fn waiting_times_out_with_a_clear_error(store: Store) {
+    let t = store.task("conf.timeout");
+    let key = t.key(&1).unwrap();
+    let Acquire::Won(guard) = store.leases().try_acquire(&key, "conf.timeout").unwrap() else {
+        panic!("free lease not acquired");
+    };
+    let err = t
+        .clone()
+        .wait_timeout(Duration::from_millis(150))
+        .get_or_compute(&1, || Ok::<_, String>(1u8))
+        .unwrap_err();
+    assert!(matches!(err, Error::WaitTimeout { .. }), "{err}");
+    assert!(err.to_string().contains("runcache leases"), "{err}");
+    guard.release().unwrap();
+    assert_eq!(t.get_or_compute(&1, || Ok::<_, String>(1u8)).unwrap(), 1);
+}
+
+pub fn waiter_loads_what_the_holder_commits(store: Store) {
+    let t = store.task("conf.handoff");
+    let key = t.key(&1).unwrap();
+    let Acquire::Won(guard) = store.leases().try_acquire(&key, "conf.handoff").unwrap() else {
+        panic!("free lease not acquired");
+    };
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| t.get_or_compute(&1, no_compute::<u32>));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            store.manifest(&key).unwrap().is_none(),
+            "nothing committed yet"
+        );
+        // While holding the lease, commit exactly what a holder would: a completed manifest.
+        let bytes = postcard_u32(77);
+        let m = runcache::Manifest {
+            format: runcache::manifest::MANIFEST_FORMAT,
+            key,
+            namespace: "conf.handoff".into(),
+            version: "0".into(),
+            key_doc: runcache::key::key_document("conf.handoff", "0", &1).unwrap(),
+            status: Status::Completed,
+            blobs: vec![runcache::manifest::BlobRef {
+                role: "value".into(),
+                digest: runcache::Digest::of(&bytes),
+                size: bytes.len() as u64,
+                inline: Some(runcache::manifest::encode_inline(&bytes)),
+            }],
+            artifacts: vec![],
+            dependencies: vec![],
+            error: None,
+            created_unix_ms: 1,
+            duration_s: 0.0,
+            host: "h".into(),
+            pid: 1,
+            encoding: "postcard".into(),
+            metadata: Default::default(),
+        };
+        assert!(store
+            .backend()
+            .put_manifest(&key, &m.to_bytes(), false)
+            .unwrap());
+        let got = waiter.join().unwrap().unwrap();
+        assert_eq!(
+            got, 77,
+            "the waiter loads the holder's commit without computing"
+        );
+    });
+    guard.release().unwrap();
+}
+
+/// postcard's encoding of a small u32 (a varint).
+fn postcard_u32(mut v: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
 }
