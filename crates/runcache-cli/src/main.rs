@@ -3,6 +3,8 @@
 //! Exit codes: 0 success; 1 error (the message says what and how to fix it); 2 bad usage;
 //! 3 `verify` found damaged entries (and `--repair` was not given).
 
+#![warn(missing_docs)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +27,7 @@ pub struct Cli {
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }

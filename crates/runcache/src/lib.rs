@@ -14,6 +14,8 @@
 //! [`manifest`] (what an entry records), [`store`] (backends: local directory, memory),
 //! [`lease`] (compute-once leases), and the engine ([`Store`], [`Task`], [`Entry`]).
 
+#![warn(missing_docs)]
+
 pub mod digest;
 mod engine;
 pub mod error;
