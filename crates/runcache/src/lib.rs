@@ -26,8 +26,9 @@ pub mod store;
 
 pub use digest::Digest;
 pub use engine::{
-    Context, Entry, EntryInfo, GcOptions, GcReport, MapOptions, Mode, NamespaceUsage, Progress,
-    Store, StoreOptions, Task, Usage, VerifyProblem, VerifyReport,
+    BlobData, Context, Entry, EntryInfo, Failure, GcOptions, GcReport, MapOptions, Mode,
+    NamespaceUsage, Progress, Store, StoreOptions, Task, Usage, ValueCodec, VerifyProblem,
+    VerifyReport,
 };
 pub use error::{Error, Result};
 pub use key::Key;

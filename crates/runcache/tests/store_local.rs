@@ -183,3 +183,47 @@ fn hits_record_use_at_most_once_per_granularity() {
     );
     assert!(stamp > 5);
 }
+
+#[test]
+fn large_blobs_are_mapped_verified_once_and_damage_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("s").to_str().unwrap()).unwrap();
+    let t = store.task("mapped");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    t.get_or_compute_bytes(&1, |_| Ok::<_, String>(data.clone()))
+        .unwrap();
+    let m = t.entry(&1).unwrap().info().unwrap().unwrap();
+    let blob = &m.blobs[0];
+    let mapped = store.load_blob(&m.key, blob, 1 << 20).unwrap();
+    assert!(mapped.is_mapped());
+    assert!(*mapped == data[..]);
+    // Below the threshold it is read instead.
+    assert!(!store.load_blob(&m.key, blob, u64::MAX).unwrap().is_mapped());
+    // The verification is remembered per file identity in a private tmpfs directory.
+    if std::path::Path::new("/dev/shm").is_dir() {
+        let remembered = fs::read_dir("/dev/shm")
+            .unwrap()
+            .flatten()
+            .filter(|d| {
+                d.file_name()
+                    .to_string_lossy()
+                    .starts_with("runcache-verified-")
+            })
+            .flat_map(|d| fs::read_dir(d.path()).unwrap().flatten())
+            .any(|f| {
+                f.file_name()
+                    .to_string_lossy()
+                    .starts_with(&blob.digest.to_hex()[..32])
+            });
+        assert!(remembered, "verification marker not recorded");
+    }
+    // Flip one byte in place: the file's identity (ctime) changes, so it is verified again.
+    let path = store.backend().blob_path(&blob.digest).unwrap();
+    drop(mapped);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[1_000_000] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    let err = store.load_blob(&m.key, blob, 1 << 20).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(!path.exists(), "the damaged blob is removed");
+}

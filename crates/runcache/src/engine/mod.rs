@@ -6,6 +6,7 @@ mod context;
 mod entry;
 mod maintenance;
 mod map;
+mod mapped;
 mod store;
 mod task;
 
@@ -15,5 +16,6 @@ pub use maintenance::{
     GcOptions, GcReport, NamespaceUsage, Progress, Usage, VerifyProblem, VerifyReport,
 };
 pub use map::MapOptions;
+pub use mapped::BlobData;
 pub use store::{EntryInfo, Store, StoreOptions};
-pub use task::{Mode, Task};
+pub use task::{Failure, Mode, Task, ValueCodec};

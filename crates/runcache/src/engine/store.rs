@@ -12,6 +12,7 @@ use crate::lease::{LeaseOptions, Leases};
 use crate::manifest::{BlobRef, Manifest, INLINE_LIMIT};
 use crate::store::{self, Backend, BackendOptions};
 
+use super::mapped::{map_verified, BlobData, MapOutcome};
 use super::task::Task;
 
 /// Options of a [`Store`] handle.
@@ -192,6 +193,59 @@ impl Store {
             return Err(corrupt("content does not match its digest".into()));
         }
         Ok(data)
+    }
+
+    /// Reads the blob of `role` from a completed entry whose value was encoded as `encoding`,
+    /// verified. Errors name the entry and what was expected (`type_name` is for messages).
+    pub fn read_role(
+        &self,
+        manifest: &Manifest,
+        role: &str,
+        encoding: &str,
+        type_name: &'static str,
+    ) -> Result<Vec<u8>> {
+        if manifest.encoding != encoding {
+            return Err(Error::Decode {
+                key: manifest.key.to_hex(),
+                type_name,
+                message: format!(
+                    "the entry is encoded as `{}`, this call reads `{encoding}`",
+                    manifest.encoding
+                ),
+            });
+        }
+        let blob = manifest.blob(role).ok_or_else(|| Error::Corrupt {
+            key: manifest.key.to_hex(),
+            digest: "-".into(),
+            message: format!("the manifest lists no `{role}` blob"),
+        })?;
+        self.read_blob(&manifest.key, blob)
+    }
+
+    /// A blob's bytes, memory-mapped read-only when the backend keeps it as a local file and it
+    /// is at least `map_threshold` bytes (verified the first time this machine maps that file),
+    /// otherwise read and verified. Damage is [`Error::Corrupt`], and the damaged file removed.
+    pub fn load_blob(&self, key: &Key, blob: &BlobRef, map_threshold: u64) -> Result<BlobData> {
+        if blob.inline.is_none() && blob.size >= map_threshold {
+            if let Some(path) = self.inner.backend.blob_path(&blob.digest) {
+                let corrupt = |message: String| Error::Corrupt {
+                    key: key.to_hex(),
+                    digest: blob.digest.to_hex(),
+                    message,
+                };
+                return match map_verified(&path, &blob.digest, blob.size)? {
+                    MapOutcome::Ok(map) => Ok(BlobData::Mapped(map)),
+                    MapOutcome::Missing => {
+                        Err(corrupt("the blob is missing from the store".into()))
+                    }
+                    MapOutcome::Damaged(message) => {
+                        self.discard_blob(blob);
+                        Err(corrupt(message))
+                    }
+                };
+            }
+        }
+        self.read_blob(key, blob).map(BlobData::Owned)
     }
 
     /// Streams a blob through the hasher without keeping it; for `verify`.

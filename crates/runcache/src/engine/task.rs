@@ -78,11 +78,79 @@ pub struct Task {
     wait_timeout: Option<Duration>,
 }
 
-/// How a value travels to and from its blob.
-struct Codec<T> {
-    name: &'static str,
-    encode: fn(&T) -> Result<Cow<'_, [u8]>>,
-    decode: fn(&Key, Vec<u8>) -> Result<T>,
+/// How a task's value travels to and from the store: the blobs it becomes and how it is
+/// rebuilt from a completed entry. Implemented for typed Rust values (postcard) and raw bytes
+/// here, and for pickled Python objects by the Python extension.
+pub trait ValueCodec<T> {
+    /// The name recorded in the manifest's `encoding` field.
+    fn name(&self) -> &str;
+    /// Turns a value into named blobs (role, bytes), borrowing from it where possible.
+    fn encode<'v>(&self, value: &'v T) -> Result<Vec<(String, Cow<'v, [u8]>)>>;
+    /// Rebuilds the value from a completed entry, reading its blobs through `store` (which
+    /// verifies them).
+    fn decode(&self, store: &Store, manifest: &Manifest) -> Result<T>;
+}
+
+/// Why a computation did not produce a value, as recorded in the entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Failure {
+    /// Error type (Rust type name, Python exception class, ...).
+    pub error_type: String,
+    /// Its message.
+    pub message: String,
+    /// Traceback or error chain.
+    pub traceback: String,
+    /// True if the computation was interrupted (Ctrl-C, SIGTERM) rather than failed: the entry
+    /// is recorded `interrupted` and the next call recomputes it.
+    pub interrupted: bool,
+}
+
+impl Failure {
+    /// A failure from any displayable error.
+    pub fn from_display<E: Display>(e: &E) -> Self {
+        Failure {
+            error_type: std::any::type_name::<E>().to_string(),
+            message: e.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Typed Rust values, encoded with postcard into one `value` blob.
+struct Postcard;
+
+impl<T: Serialize + DeserializeOwned> ValueCodec<T> for Postcard {
+    fn name(&self) -> &str {
+        "postcard"
+    }
+    fn encode<'v>(&self, value: &'v T) -> Result<Vec<(String, Cow<'v, [u8]>)>> {
+        let bytes = postcard::to_stdvec(value)
+            .map_err(|e| Error::Invalid(format!("cannot encode the result: {e}")))?;
+        Ok(vec![("value".into(), Cow::Owned(bytes))])
+    }
+    fn decode(&self, store: &Store, manifest: &Manifest) -> Result<T> {
+        let bytes = store.read_role(manifest, "value", "postcard", std::any::type_name::<T>())?;
+        postcard::from_bytes(&bytes).map_err(|e| Error::Decode {
+            key: manifest.key.to_hex(),
+            type_name: std::any::type_name::<T>(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Raw bytes, stored as they are in one `value` blob.
+struct RawBytes;
+
+impl ValueCodec<Vec<u8>> for RawBytes {
+    fn name(&self) -> &str {
+        "raw"
+    }
+    fn encode<'v>(&self, value: &'v Vec<u8>) -> Result<Vec<(String, Cow<'v, [u8]>)>> {
+        Ok(vec![("value".into(), Cow::Borrowed(value.as_slice()))])
+    }
+    fn decode(&self, store: &Store, manifest: &Manifest) -> Result<Vec<u8>> {
+        store.read_role(manifest, "value", "raw", "Vec<u8>")
+    }
 }
 
 /// What the store says about a key, given the mode.
@@ -167,22 +235,7 @@ impl Task {
         E: Display,
         F: FnOnce(&mut Context) -> std::result::Result<T, E>,
     {
-        let codec = Codec::<T> {
-            name: "postcard",
-            encode: |v| {
-                postcard::to_stdvec(v)
-                    .map(Cow::Owned)
-                    .map_err(|e| Error::Invalid(format!("cannot encode the result: {e}")))
-            },
-            decode: |key, bytes| {
-                postcard::from_bytes(&bytes).map_err(|e| Error::Decode {
-                    key: key.to_hex(),
-                    type_name: std::any::type_name::<T>(),
-                    message: e.to_string(),
-                })
-            },
-        };
-        self.resolve(args, f, &codec)
+        self.resolve(args, f, &Postcard)
     }
 
     /// Like [`Task::get_or_compute`] for a result that is raw bytes (stored as is).
@@ -192,26 +245,43 @@ impl Task {
         E: Display,
         F: FnOnce(&mut Context) -> std::result::Result<Vec<u8>, E>,
     {
-        let codec = Codec::<Vec<u8>> {
-            name: "raw",
-            encode: |v| Ok(Cow::Borrowed(v.as_slice())),
-            decode: |_, b| Ok(b),
-        };
-        self.resolve(args, f, &codec)
+        self.resolve(args, f, &RawBytes)
     }
 
-    fn resolve<A, T, E, F>(&self, args: &A, f: F, codec: &Codec<T>) -> Result<T>
+    fn resolve<A, T, E, F>(&self, args: &A, f: F, codec: &dyn ValueCodec<T>) -> Result<T>
     where
         A: Serialize + ?Sized,
         E: Display,
         F: FnOnce(&mut Context) -> std::result::Result<T, E>,
     {
+        let f = |ctx: &mut Context| f(ctx).map_err(|e| Failure::from_display(&e));
         if self.mode == Mode::Off {
             return run_uncached(&self.namespace, f);
         }
         let key = self.key(args)?;
         let doc = || key_document(&self.namespace, &self.version, args);
-        let value = self.resolve_key(key, &doc, f, codec)?;
+        self.get_or_compute_keyed(key, &doc, codec, f)
+    }
+
+    /// The compute-once protocol for a key computed by the caller (e.g. from Python values):
+    /// returns the stored value of `key` decoded by `codec`, or computes it with `f`, stores it
+    /// and returns it. `doc` builds the key document, only on a miss. A [`Failure`] returned by
+    /// `f` is recorded (as failed, or interrupted) and reported as [`Error::ComputeFailed`].
+    /// The entry is recorded as a dependency of any computation running on this thread.
+    pub fn get_or_compute_keyed<T, F>(
+        &self,
+        key: Key,
+        doc: &dyn Fn() -> Result<serde_json::Value>,
+        codec: &dyn ValueCodec<T>,
+        f: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(&mut Context) -> std::result::Result<T, Failure>,
+    {
+        if self.mode == Mode::Off {
+            return run_uncached(&self.namespace, f);
+        }
+        let value = self.resolve_key(key, doc, f, codec)?;
         context::record_dependency(Dependency {
             namespace: self.namespace.clone(),
             version: self.version.clone(),
@@ -220,16 +290,15 @@ impl Task {
         Ok(value)
     }
 
-    fn resolve_key<T, E, F>(
+    fn resolve_key<T, F>(
         &self,
         key: Key,
         doc: &dyn Fn() -> Result<serde_json::Value>,
         f: F,
-        codec: &Codec<T>,
+        codec: &dyn ValueCodec<T>,
     ) -> Result<T>
     where
-        E: Display,
-        F: FnOnce(&mut Context) -> std::result::Result<T, E>,
+        F: FnOnce(&mut Context) -> std::result::Result<T, Failure>,
     {
         let started = Instant::now();
         let mut watch: Option<Box<dyn Watch>> = None;
@@ -288,7 +357,7 @@ impl Task {
     }
 
     /// Looks at the stored entry and decides, by mode, whether it is a hit.
-    fn check<T>(&self, key: &Key, codec: &Codec<T>) -> Result<Check<T>> {
+    fn check<T>(&self, key: &Key, codec: &dyn ValueCodec<T>) -> Result<Check<T>> {
         let manifest = match self.store.lookup(key)? {
             Lookup::Missing => return Ok(Check::Compute { replace: false }),
             Lookup::Damaged(msg) => {
@@ -322,24 +391,7 @@ impl Task {
         }
     }
 
-    fn load_value<T>(&self, manifest: &Manifest, codec: &Codec<T>) -> Result<T> {
-        let Some(blob) = manifest.blob("value") else {
-            return Err(Error::Corrupt {
-                key: manifest.key.to_hex(),
-                digest: "-".into(),
-                message: "the manifest lists no value blob".into(),
-            });
-        };
-        if manifest.encoding != codec.name {
-            return Err(Error::Decode {
-                key: manifest.key.to_hex(),
-                type_name: std::any::type_name::<T>(),
-                message: format!(
-                    "the entry is encoded as `{}`, this call reads `{}`",
-                    manifest.encoding, codec.name
-                ),
-            });
-        }
+    fn load_value<T>(&self, manifest: &Manifest, codec: &dyn ValueCodec<T>) -> Result<T> {
         // Artifacts must be intact too, or the entry is not whole.
         for a in &manifest.artifacts {
             match self.store.backend().blob_size(&a.digest)? {
@@ -360,8 +412,7 @@ impl Task {
                 }
             }
         }
-        let bytes = self.store.read_blob(&manifest.key, blob)?;
-        (codec.decode)(&manifest.key, bytes)
+        codec.decode(&self.store, manifest)
     }
 
     fn recorded_failure(&self, key: &Key, err: ErrorInfo) -> Error {
@@ -399,17 +450,16 @@ impl Task {
         }
     }
 
-    fn compute_and_commit<T, E, F>(
+    fn compute_and_commit<T, F>(
         &self,
         key: Key,
         doc: serde_json::Value,
         f: F,
-        codec: &Codec<T>,
+        codec: &dyn ValueCodec<T>,
         replace: bool,
     ) -> Result<T>
     where
-        E: Display,
-        F: FnOnce(&mut Context) -> std::result::Result<T, E>,
+        F: FnOnce(&mut Context) -> std::result::Result<T, Failure>,
     {
         let mut ctx = Context::new(self.store.backend().scratch_dir());
         let t0 = Instant::now();
@@ -421,9 +471,10 @@ impl Task {
         manifest.dependencies = dependencies;
         match outcome {
             Ok(Ok(value)) => {
-                let bytes = (codec.encode)(&value)?;
-                manifest.blobs.push(self.store.store_blob("value", &bytes)?);
-                manifest.encoding = codec.name.into();
+                for (role, bytes) in codec.encode(&value)? {
+                    manifest.blobs.push(self.store.store_blob(&role, &bytes)?);
+                }
+                manifest.encoding = codec.name().into();
                 manifest.artifacts = self.store_artifacts(&ctx)?;
                 manifest.metadata = std::mem::take(&mut ctx.metadata);
                 if !self.store.commit(&manifest, replace)? {
@@ -431,18 +482,26 @@ impl Task {
                 }
                 Ok(value)
             }
-            Ok(Err(e)) => {
-                let info = ErrorInfo {
-                    error_type: std::any::type_name::<E>().to_string(),
-                    message: e.to_string(),
-                    traceback: String::new(),
+            Ok(Err(failure)) => {
+                manifest.status = if failure.interrupted {
+                    Status::Interrupted
+                } else {
+                    Status::Failed
                 };
-                manifest.status = Status::Failed;
-                manifest.error = Some(info);
-                self.store.commit(&manifest, replace)?;
+                manifest.error = Some(ErrorInfo {
+                    error_type: failure.error_type,
+                    message: failure.message.clone(),
+                    traceback: failure.traceback,
+                });
+                // An interruption never replaces a completed entry (force mode).
+                let keep_completed = failure.interrupted
+                    && matches!(self.store.lookup(&key)?, Lookup::Found(ref m) if m.status == Status::Completed);
+                if !keep_completed {
+                    self.store.commit(&manifest, replace)?;
+                }
                 Err(Error::ComputeFailed {
                     namespace: self.namespace.clone(),
-                    message: e.to_string(),
+                    message: failure.message,
                 })
             }
             Err(panic) => {
@@ -488,15 +547,14 @@ impl Task {
 }
 
 /// Runs `f` with no store involved (modes `off`, and `read-only` on a miss).
-fn run_uncached<T, E, F>(namespace: &str, f: F) -> Result<T>
+fn run_uncached<T, F>(namespace: &str, f: F) -> Result<T>
 where
-    E: Display,
-    F: FnOnce(&mut Context) -> std::result::Result<T, E>,
+    F: FnOnce(&mut Context) -> std::result::Result<T, Failure>,
 {
     let mut ctx = Context::new(std::env::temp_dir());
-    f(&mut ctx).map_err(|e| Error::ComputeFailed {
+    f(&mut ctx).map_err(|failure| Error::ComputeFailed {
         namespace: namespace.to_string(),
-        message: e.to_string(),
+        message: failure.message,
     })
 }
 

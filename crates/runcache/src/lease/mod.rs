@@ -20,6 +20,7 @@ pub(crate) mod conformance;
 pub use fs::FsLeases;
 pub use manager::{Acquire, LeaseGuard, LeaseOptions, LeaseView, Leases};
 pub use memory::MemoryLeases;
+pub use signals::disable_signal_handling;
 
 use serde::{Deserialize, Serialize};
 

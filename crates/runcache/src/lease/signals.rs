@@ -12,14 +12,27 @@
 //! SIGKILL cannot be caught: a SIGKILLed holder's lease is taken over by liveness judgement
 //! (immediately on the same host, after one TTL without heartbeats elsewhere).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+static DISABLED: AtomicBool = AtomicBool::new(false);
+
+/// Turns off runcache's SIGINT/SIGTERM handling for this process, for hosts that handle signals
+/// themselves (the Python extension turns them into exceptions, records the entry as interrupted
+/// and releases the lease on the way out). Call it before the first lease is taken.
+pub fn disable_signal_handling() {
+    DISABLED.store(true, Ordering::SeqCst);
+}
+
 /// Installs the handling once per process. Failure to install is logged, not fatal: leases then
 /// fall back to TTL-based takeover.
 pub(crate) fn install() {
+    if DISABLED.load(Ordering::SeqCst) {
+        return;
+    }
     static INSTALLED: Once = Once::new();
     INSTALLED.call_once(|| {
         let mut signals = match Signals::new([SIGINT, SIGTERM]) {

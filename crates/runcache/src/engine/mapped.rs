@@ -1,0 +1,122 @@
+//! Memory-mapped blobs, verified once per machine.
+//!
+//! A large blob on a local filesystem is mapped read-only instead of read. Its digest is checked
+//! the first time this machine maps that file; the check is remembered by the file's identity
+//! (device, inode, size, mtime, ctime) as an empty marker file under `/dev/shm` (a tmpfs: the
+//! memory does not survive a reboot, and the directory name carries the boot id as well). Later
+//! maps of the same unchanged file, in any process of the same user, cost one `stat`.
+
+use std::fs::{self, File};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use memmap2::Mmap;
+
+use crate::digest::Digest;
+use crate::error::{IoContext, Result};
+
+/// Bytes of a blob: owned (read and verified) or mapped (verified once per machine).
+#[derive(Debug)]
+pub enum BlobData {
+    /// Read into memory.
+    Owned(Vec<u8>),
+    /// Mapped read-only from the store's file.
+    Mapped(Mmap),
+}
+
+impl std::ops::Deref for BlobData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            BlobData::Owned(v) => v,
+            BlobData::Mapped(m) => m,
+        }
+    }
+}
+
+impl BlobData {
+    /// True if the bytes are a read-only mapping of the store's file.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, BlobData::Mapped(_))
+    }
+}
+
+/// What a mapped file turned out to be.
+pub(crate) enum MapOutcome {
+    /// Mapped and verified (now or earlier on this machine).
+    Ok(Mmap),
+    /// The file is missing.
+    Missing,
+    /// The file is there but damaged.
+    Damaged(String),
+}
+
+/// Maps `path` read-only and verifies it against `digest`/`size` unless this machine already did.
+pub(crate) fn map_verified(path: &Path, digest: &Digest, size: u64) -> Result<MapOutcome> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(MapOutcome::Missing),
+        Err(e) => return Err(crate::Error::io(path, e)),
+    };
+    let meta = file.metadata().at(path)?;
+    if meta.len() != size {
+        return Ok(MapOutcome::Damaged(format!(
+            "size is {} bytes, the manifest says {size}",
+            meta.len()
+        )));
+    }
+    // SAFETY: blobs are immutable once published (a new version is a new file by rename), so
+    // the mapping's content does not change under us; it is only read.
+    let map = unsafe { Mmap::map(&file) }.at(path)?;
+    let marker = marker_path(digest, &meta);
+    if marker.as_ref().is_some_and(|m| m.exists()) {
+        return Ok(MapOutcome::Ok(map));
+    }
+    if Digest::of(&map) != *digest {
+        return Ok(MapOutcome::Damaged(
+            "content does not match its digest".into(),
+        ));
+    }
+    if let Some(m) = marker {
+        let _ = File::create(m);
+    }
+    Ok(MapOutcome::Ok(map))
+}
+
+/// The marker recording that this file identity was verified, if a private tmpfs dir exists.
+fn marker_path(digest: &Digest, meta: &fs::Metadata) -> Option<PathBuf> {
+    let dir = verified_dir()?;
+    Some(dir.join(format!(
+        "{}-{}-{}-{}-{}.{}-{}.{}",
+        &digest.to_hex()[..32],
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    )))
+}
+
+/// `/dev/shm/runcache-verified-<uid>-<boot id>`, created private to this user; `None` if there
+/// is no tmpfs or the directory is not ours (then every map is verified).
+fn verified_dir() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            return None;
+        }
+        let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        let dir = shm.join(format!("runcache-verified-{uid}-{}", boot.trim()));
+        let _ = fs::DirBuilder::new().mode(0o700).create(&dir);
+        let meta = fs::symlink_metadata(&dir).ok()?;
+        let private = meta.is_dir() && meta.uid() == uid && meta.mode() & 0o077 == 0;
+        private.then_some(dir)
+    })
+    .as_deref()
+}
