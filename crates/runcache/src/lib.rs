@@ -27,8 +27,8 @@ pub mod store;
 pub use digest::Digest;
 pub use engine::{
     BlobData, Context, Entry, EntryInfo, Failure, GcOptions, GcReport, MapOptions, Mode,
-    NamespaceUsage, Progress, Store, StoreOptions, Task, Usage, ValueCodec, VerifyProblem,
-    VerifyReport,
+    NamespaceUsage, Progress, Store, StoreOptions, Task, Usage, Validator, ValueCodec,
+    VerifyProblem, VerifyReport,
 };
 pub use error::{Error, Result};
 pub use key::Key;

@@ -58,6 +58,15 @@ impl Context {
         Ok(path)
     }
 
+    /// Registers an existing file as the artifact `name` (stored with the entry on success; the
+    /// file may be moved into the store).
+    pub fn add_artifact_file(&mut self, name: &str, path: PathBuf) -> Result<()> {
+        validate_artifact_name(name)?;
+        self.artifacts.retain(|(n, _)| n != name);
+        self.artifacts.push((name.to_string(), path));
+        Ok(())
+    }
+
     /// Attaches a metadata value to the entry (shown by `runcache show`).
     pub fn set_metadata(&mut self, name: &str, value: impl serde::Serialize) -> Result<()> {
         let v = serde_json::to_value(value)

@@ -18,4 +18,4 @@ pub use maintenance::{
 pub use map::MapOptions;
 pub use mapped::BlobData;
 pub use store::{EntryInfo, Store, StoreOptions};
-pub use task::{Failure, Mode, Task, ValueCodec};
+pub use task::{Failure, Mode, Task, Validator, ValueCodec};

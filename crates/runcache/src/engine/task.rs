@@ -69,14 +69,30 @@ impl FromStr for Mode {
 
 /// A named, versioned computation. Create with [`Store::task`]; configure with the builder
 /// methods; then call [`Task::get_or_compute`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Task {
     pub(crate) store: Store,
     pub(crate) namespace: String,
     pub(crate) version: String,
     pub(crate) mode: Mode,
     wait_timeout: Option<Duration>,
+    validator: Option<Validator>,
 }
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("namespace", &self.namespace)
+            .field("version", &self.version)
+            .field("mode", &self.mode)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decides whether a completed entry may still be used; `Some(reason)` makes it a miss that is
+/// recomputed and replaced (e.g. a dependency's version changed).
+pub type Validator = std::sync::Arc<dyn Fn(&Manifest) -> Option<String> + Send + Sync>;
 
 /// How a task's value travels to and from the store: the blobs it becomes and how it is
 /// rebuilt from a completed entry. Implemented for typed Rust values (postcard) and raw bytes
@@ -168,6 +184,7 @@ impl Task {
             version: "0".into(),
             mode: Mode::Cached,
             wait_timeout: None,
+            validator: None,
         }
     }
 
@@ -187,6 +204,13 @@ impl Task {
     /// ([`Error::WaitTimeout`]). Default: wait as long as the holder is alive.
     pub fn wait_timeout(mut self, timeout: Duration) -> Self {
         self.wait_timeout = Some(timeout);
+        self
+    }
+
+    /// Checks every completed entry before it is used: an entry the validator rejects is
+    /// recomputed and replaced, and the reason logged.
+    pub fn validator(mut self, validator: Validator) -> Self {
+        self.validator = Some(validator);
         self
     }
 
@@ -369,6 +393,15 @@ impl Task {
             }
             Lookup::Found(m) => *m,
         };
+        if manifest.status == Status::Completed {
+            if let Some(reason) = self.validator.as_ref().and_then(|v| v(&manifest)) {
+                log::info!(
+                    "runcache: entry {key} of {} is stale ({reason}); recomputing it",
+                    self.namespace
+                );
+                return Ok(Check::Compute { replace: true });
+            }
+        }
         match (manifest.status, self.mode) {
             (_, Mode::Force) => Ok(Check::Compute { replace: true }),
             (Status::Completed, _) => match self.load_value(&manifest, codec) {
