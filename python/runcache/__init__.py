@@ -1,7 +1,33 @@
-"""runcache: make every expensive computation run once and be reused everywhere after."""
+"""runcache: make every expensive computation run once and be reused everywhere after.
+
+>>> import runcache as rc
+>>> @rc.task(version="1")
+... def fit(X, seed, verbose=False): ...
+>>> fit(X, 0)          # computes once, then loads — in any process that reaches the store
+"""
 
 from runcache import _core
+from runcache._config import config, configure
+from runcache._core import CorruptEntryError, RecordedFailure, RuncacheError, StoreError
+from runcache._entry import Entry, Explanation
+from runcache._scope import artifact_path, set_metadata
+from runcache._task import Task, Terminated, task
 
 __version__ = _core.__version__
 
-__all__ = ["__version__"]
+__all__ = [
+    "CorruptEntryError",
+    "Entry",
+    "Explanation",
+    "RecordedFailure",
+    "RuncacheError",
+    "StoreError",
+    "Task",
+    "Terminated",
+    "__version__",
+    "artifact_path",
+    "config",
+    "configure",
+    "set_metadata",
+    "task",
+]

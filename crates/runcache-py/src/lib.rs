@@ -3,13 +3,26 @@
 
 use pyo3::prelude::*;
 
+mod blob;
+mod codec;
+mod errors;
+mod store;
+
 /// The extension module.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Python turns SIGINT into KeyboardInterrupt; the Python layer records interruptions and
     // releases leases itself, so the engine must not install its own handlers.
     runcache::lease::disable_signal_handling();
+    // Engine warnings (damaged entries being recomputed, lost leases) go to Python's logging,
+    // under the logger "runcache".
+    let _ = pyo3_log::Logger::new(m.py(), pyo3_log::Caching::LoggersAndLevels)
+        .map(|l| l.filter(log::LevelFilter::Info).install());
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("KEY_FORMAT_VERSION", runcache::key::KEY_FORMAT_VERSION)?;
+    m.add_class::<store::Store>()?;
+    m.add_class::<blob::Blob>()?;
+    m.add_function(wrap_pyfunction!(store::register_version, m)?)?;
+    errors::register(m)?;
     Ok(())
 }

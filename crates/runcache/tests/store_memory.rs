@@ -35,5 +35,10 @@ fn validator_rejection_recomputes_and_replaces() {
         })
         .unwrap();
     assert_eq!(v, 2, "a rejected entry is recomputed");
-    assert_eq!(strict.get_or_compute(&1, || Err::<u8, _>("must hit")).unwrap(), 2);
+    assert_eq!(
+        strict
+            .get_or_compute(&1, || Err::<u8, _>("must hit"))
+            .unwrap(),
+        2
+    );
 }

@@ -1,0 +1,121 @@
+//! Python results in the store: pickle protocol 5 with out-of-band buffers. The pickle stream is
+//! the `pickle` blob; every out-of-band buffer (numpy arrays, also inside pandas objects, dicts,
+//! tuples) is its own raw blob `buffer:<i>`, written straight from the object's memory and loaded
+//! back as a read-only memory map (or a verified copy).
+
+use std::borrow::Cow;
+
+use pyo3::buffer::PyBuffer;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+use runcache::manifest::Manifest;
+use runcache::{Error, Result, Store, ValueCodec};
+
+use crate::blob::Blob;
+
+/// Name of the encoding in manifests.
+pub const ENCODING: &str = "pickle5";
+
+/// Buffers at least this large are memory-mapped on load (when mapping is on).
+pub const MAP_THRESHOLD: u64 = 1 << 20;
+
+/// A result as it travels through the engine: the Python object, plus (when just computed) its
+/// pickled parts borrowed from the object's own memory.
+pub struct Outcome {
+    /// The object returned to the caller.
+    pub value: Py<PyAny>,
+    /// The pickled form, present only for a result computed in this call.
+    pub parts: Option<Pickled>,
+}
+
+/// A pickled result: the stream and the out-of-band buffers, held exported so their memory
+/// stays valid (and unmovable) while it is written without the GIL.
+pub struct Pickled {
+    /// The protocol-5 pickle stream.
+    pub stream: Vec<u8>,
+    /// Raw out-of-band buffers, in pickle order.
+    pub buffers: Vec<PyBuffer<u8>>,
+}
+
+impl Pickled {
+    /// Pickles `value` with protocol 5, collecting out-of-band buffers.
+    pub fn of(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Pickled> {
+        let pickle = py.import("pickle")?;
+        let collected = PyList::empty(py);
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("protocol", 5)?;
+        kwargs.set_item("buffer_callback", collected.getattr("append")?)?;
+        let stream = pickle.call_method("dumps", (value,), Some(&kwargs))?;
+        let stream = stream.cast::<PyBytes>()?.as_bytes().to_vec();
+        let mut buffers = Vec::with_capacity(collected.len());
+        for pb in collected.iter() {
+            // PickleBuffer.raw(): a contiguous, byte-formatted memoryview of the object's data.
+            let raw = pb.call_method0("raw")?;
+            buffers.push(PyBuffer::<u8>::get(&raw)?);
+        }
+        Ok(Pickled { stream, buffers })
+    }
+}
+
+/// The codec; `mmap` chooses mapping or copying on load.
+pub struct PickleCodec {
+    /// Map large buffers read-only instead of reading them.
+    pub mmap: bool,
+}
+
+impl ValueCodec<Outcome> for PickleCodec {
+    fn name(&self) -> &str {
+        ENCODING
+    }
+
+    fn encode<'v>(&self, value: &'v Outcome) -> Result<Vec<(String, Cow<'v, [u8]>)>> {
+        let parts = value.parts.as_ref().ok_or_else(|| {
+            Error::Invalid("internal: a loaded result cannot be stored again".into())
+        })?;
+        let mut out = Vec::with_capacity(1 + parts.buffers.len());
+        out.push(("pickle".to_string(), Cow::Borrowed(parts.stream.as_slice())));
+        for (i, b) in parts.buffers.iter().enumerate() {
+            // SAFETY: the buffer is exported (held by `PyBuffer`) for as long as `value` lives,
+            // it is contiguous bytes (PickleBuffer.raw()), and nothing here mutates it.
+            let bytes =
+                unsafe { std::slice::from_raw_parts(b.buf_ptr() as *const u8, b.len_bytes()) };
+            out.push((format!("buffer:{i}"), Cow::Borrowed(bytes)));
+        }
+        Ok(out)
+    }
+
+    fn decode(&self, store: &Store, manifest: &Manifest) -> Result<Outcome> {
+        let stream = store.read_role(manifest, "pickle", ENCODING, "Python object")?;
+        let threshold = if self.mmap { MAP_THRESHOLD } else { u64::MAX };
+        let mut blobs = Vec::new();
+        for i in 0.. {
+            let Some(b) = manifest.blob(&format!("buffer:{i}")) else {
+                break;
+            };
+            blobs.push(Blob::new(
+                store.load_blob(&manifest.key, b, threshold)?,
+                b.digest,
+            ));
+        }
+        Python::attach(|py| unpickle(py, &stream, blobs))
+            .map(|value| Outcome { value, parts: None })
+            .map_err(|e| Error::Decode {
+                key: manifest.key.to_hex(),
+                type_name: "Python object",
+                message: Python::attach(|py| e.value(py).to_string()),
+            })
+    }
+}
+
+fn unpickle(py: Python<'_>, stream: &[u8], blobs: Vec<Blob>) -> PyResult<Py<PyAny>> {
+    let buffers = PyList::empty(py);
+    for b in blobs {
+        buffers.append(Py::new(py, b)?)?;
+    }
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("buffers", buffers)?;
+    let value =
+        py.import("pickle")?
+            .call_method("loads", (PyBytes::new(py, stream),), Some(&kwargs))?;
+    Ok(value.unbind())
+}

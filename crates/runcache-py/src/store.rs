@@ -1,0 +1,348 @@
+//! `runcache._core.Store`: a handle on one store, and the compute-once call used by every
+//! Python task. The engine's loop runs with the GIL released; the computation and unpickling
+//! re-acquire it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+use runcache::lease::LeaseOptions;
+use runcache::manifest::{Manifest, Status};
+use runcache::{Failure, GcOptions, Key, Mode, StoreOptions};
+
+use crate::codec::{Outcome, PickleCodec, Pickled};
+use crate::errors::to_py;
+
+/// A handle on one store.
+#[pyclass(frozen, module = "runcache._core")]
+pub struct Store {
+    inner: runcache::Store,
+}
+
+fn parse_key(key: &str) -> PyResult<Key> {
+    key.parse().map_err(to_py)
+}
+
+/// Current task versions by namespace, registered by the Python decorator: an entry that used
+/// a dependency whose version has changed since is stale (datajuicer's rule).
+static VERSIONS: LazyLock<Mutex<HashMap<String, String>>> = LazyLock::new(Default::default);
+
+/// Records the current version of a task namespace (called when a task is defined).
+#[pyfunction]
+pub fn register_version(namespace: &str, version: &str) {
+    VERSIONS
+        .lock()
+        .unwrap()
+        .insert(namespace.to_string(), version.to_string());
+}
+
+/// Why a completed entry is stale, if a dependency's registered version differs from the one it
+/// used.
+fn stale_dependency(m: &Manifest) -> Option<String> {
+    if m.dependencies.is_empty() {
+        return None;
+    }
+    let versions = VERSIONS.lock().unwrap();
+    m.dependencies.iter().find_map(|d| {
+        let current = versions.get(&d.namespace)?;
+        (*current != d.version).then(|| {
+            format!(
+                "dependency {} is now version {current}, the entry used version {}",
+                d.namespace, d.version
+            )
+        })
+    })
+}
+
+#[pymethods]
+impl Store {
+    /// Opens (creating if needed) the store at `location`.
+    #[new]
+    #[pyo3(signature = (location, sync=false, lease_ttl=None))]
+    fn new(py: Python<'_>, location: &str, sync: bool, lease_ttl: Option<f64>) -> PyResult<Self> {
+        let mut options = StoreOptions {
+            sync,
+            ..Default::default()
+        };
+        if let Some(ttl) = lease_ttl {
+            options.lease = LeaseOptions::with_ttl(Duration::from_secs_f64(ttl));
+        }
+        let inner = py
+            .detach(|| runcache::Store::open_with(location, options))
+            .map_err(to_py)?;
+        Ok(Store { inner })
+    }
+
+    /// Where the store lives.
+    #[getter]
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    /// Scratch directory on the store's filesystem (artifacts are written there, then moved).
+    fn scratch_dir(&self) -> PathBuf {
+        self.inner.backend().scratch_dir()
+    }
+
+    /// The compute-once call. Returns `(value, computed, code_changed)`.
+    ///
+    /// `doc()` returns the key document as JSON text (called only on a miss). `compute()` runs
+    /// the user's function and returns `(value, artifacts, metadata_json)` where artifacts is a
+    /// list of `(name, path)`; its exception is re-raised unchanged after being recorded
+    /// (KeyboardInterrupt and `interrupt_types` record the entry as interrupted).
+    #[pyo3(signature = (namespace, version, mode, key, doc, compute, mmap=true, wait_timeout=None, source_hash=None, interrupt_types=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn call(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        version: &str,
+        mode: &str,
+        key: &str,
+        doc: Py<PyAny>,
+        compute: Py<PyAny>,
+        mmap: bool,
+        wait_timeout: Option<f64>,
+        source_hash: Option<String>,
+        interrupt_types: Option<Py<PyTuple>>,
+    ) -> PyResult<(Py<PyAny>, bool, bool)> {
+        let mode: Mode = mode.parse().map_err(to_py)?;
+        let key = parse_key(key)?;
+        let mut task = self.inner.task(namespace).version(version).mode(mode);
+        if let Some(t) = wait_timeout {
+            task = task.wait_timeout(Duration::from_secs_f64(t));
+        }
+        let code_changed = Arc::new(AtomicBool::new(false));
+        let changed = code_changed.clone();
+        task = task.validator(Arc::new(move |m: &Manifest| {
+            if let (Some(now), Some(then)) = (
+                source_hash.as_deref(),
+                m.metadata.get("source_hash").and_then(|v| v.as_str()),
+            ) {
+                if now != then {
+                    changed.store(true, Ordering::Relaxed);
+                }
+            }
+            stale_dependency(m)
+        }));
+        let stash: Mutex<Option<PyErr>> = Mutex::new(None);
+        let computed = AtomicBool::new(false);
+        let codec = PickleCodec { mmap };
+        let doc_fn = || -> runcache::Result<serde_json::Value> {
+            Python::attach(|py| -> PyResult<serde_json::Value> {
+                let text: String = doc.call0(py)?.extract(py)?;
+                serde_json::from_str(&text)
+                    .map_err(|e| PyRuntimeError::new_err(format!("key document is not JSON: {e}")))
+            })
+            .map_err(|e| runcache::Error::Invalid(format!("cannot build the key document: {e}")))
+        };
+        let result = py.detach(|| {
+            task.get_or_compute_keyed(key, &doc_fn, &codec, |ctx| {
+                computed.store(true, Ordering::Relaxed);
+                Python::attach(|py| {
+                    run_compute(py, &compute, ctx, interrupt_types.as_ref()).map_err(|err| {
+                        let failure = describe(py, &err, interrupt_types.as_ref());
+                        *stash.lock().unwrap() = Some(err);
+                        failure
+                    })
+                })
+            })
+        });
+        match result {
+            Ok(outcome) => Ok((
+                outcome.value,
+                computed.load(Ordering::Relaxed),
+                code_changed.load(Ordering::Relaxed),
+            )),
+            Err(e) => match stash.into_inner().unwrap() {
+                Some(original) => Err(original),
+                None => Err(to_py(e)),
+            },
+        }
+    }
+
+    /// The manifest of `key` as JSON text, or None.
+    fn manifest(&self, py: Python<'_>, key: &str) -> PyResult<Option<String>> {
+        let key = parse_key(key)?;
+        let m = py.detach(|| self.inner.manifest(&key)).map_err(to_py)?;
+        Ok(m.map(|m| String::from_utf8(m.to_bytes()).expect("JSON is UTF-8")))
+    }
+
+    /// Loads the completed entry `key` (verified; large buffers mapped unless `mmap=False`).
+    #[pyo3(signature = (key, mmap=true))]
+    fn load(&self, py: Python<'_>, key: &str, mmap: bool) -> PyResult<Py<PyAny>> {
+        let key = parse_key(key)?;
+        let codec = PickleCodec { mmap };
+        let outcome = py
+            .detach(|| -> runcache::Result<Outcome> {
+                let m = self
+                    .inner
+                    .manifest(&key)?
+                    .ok_or_else(|| runcache::Error::NotFound {
+                        namespace: "-".into(),
+                        key: key.to_hex(),
+                        hint: String::new(),
+                    })?;
+                if m.status != Status::Completed {
+                    return Err(runcache::Error::NotFound {
+                        namespace: m.namespace.clone(),
+                        key: key.to_hex(),
+                        hint: format!(" (the stored entry is {})", m.status.as_str()),
+                    });
+                }
+                runcache::ValueCodec::decode(&codec, &self.inner, &m)
+            })
+            .map_err(to_py)?;
+        Ok(outcome.value)
+    }
+
+    /// Deletes an entry; returns whether it existed.
+    fn delete(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+        let key = parse_key(key)?;
+        py.detach(|| self.inner.delete(&key)).map_err(to_py)
+    }
+
+    /// Manifests (JSON text) of every entry, or of one namespace.
+    #[pyo3(signature = (namespace=None))]
+    fn entries(&self, py: Python<'_>, namespace: Option<&str>) -> PyResult<Vec<String>> {
+        let all = py.detach(|| self.inner.entries()).map_err(to_py)?;
+        Ok(all
+            .into_iter()
+            .filter_map(|e| e.manifest)
+            .filter(|m| namespace.is_none_or(|ns| m.namespace == ns))
+            .map(|m| String::from_utf8(m.to_bytes()).expect("JSON is UTF-8"))
+            .collect())
+    }
+
+    /// A verified local file holding artifact `name` of entry `key`.
+    fn artifact_file(&self, py: Python<'_>, key: &str, name: &str) -> PyResult<PathBuf> {
+        let key = parse_key(key)?;
+        py.detach(|| -> runcache::Result<PathBuf> {
+            let m = self
+                .inner
+                .manifest(&key)?
+                .ok_or_else(|| runcache::Error::NotFound {
+                    namespace: "-".into(),
+                    key: key.to_hex(),
+                    hint: String::new(),
+                })?;
+            let a = m.artifacts.iter().find(|a| a.name == name).ok_or_else(|| {
+                runcache::Error::Invalid(format!(
+                    "entry {key} has no artifact `{name}`; it has: {}",
+                    m.artifacts
+                        .iter()
+                        .map(|a| a.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            let blob = runcache::manifest::BlobRef {
+                role: format!("artifact:{name}"),
+                digest: a.digest,
+                size: a.size,
+                inline: None,
+            };
+            // Verify, then hand out the store's file (or a scratch copy for remote stores).
+            let data = self.inner.read_blob(&key, &blob)?;
+            if let Some(path) = self.inner.backend().blob_path(&a.digest) {
+                return Ok(path);
+            }
+            let dir = self.inner.backend().scratch_dir().join("artifacts-out");
+            std::fs::create_dir_all(&dir).map_err(|e| runcache::Error::io(&dir, e))?;
+            let path = dir.join(a.digest.to_hex());
+            std::fs::write(&path, data).map_err(|e| runcache::Error::io(&path, e))?;
+            Ok(path)
+        })
+        .map_err(to_py)
+    }
+
+    /// Evicts least-recently-used entries; returns a JSON report.
+    #[pyo3(signature = (max_size=None, older_than=None, dry_run=false, min_idle=60.0))]
+    fn gc(
+        &self,
+        py: Python<'_>,
+        max_size: Option<u64>,
+        older_than: Option<f64>,
+        dry_run: bool,
+        min_idle: f64,
+    ) -> PyResult<String> {
+        let options = GcOptions {
+            max_size,
+            older_than: older_than.map(Duration::from_secs_f64),
+            dry_run,
+            min_idle: Duration::from_secs_f64(min_idle),
+            ..Default::default()
+        };
+        let report = py
+            .detach(|| self.inner.gc(&options, &|_, _, _| {}))
+            .map_err(to_py)?;
+        Ok(serde_json::to_string(&report).expect("report serializes"))
+    }
+}
+
+/// Runs the Python computation and turns its return into an engine outcome.
+fn run_compute(
+    py: Python<'_>,
+    compute: &Py<PyAny>,
+    ctx: &mut runcache::Context,
+    _interrupts: Option<&Py<PyTuple>>,
+) -> PyResult<Outcome> {
+    let out = compute.call0(py)?;
+    let out = out.bind(py);
+    let value = out.get_item(0)?;
+    let artifacts = out.get_item(1)?;
+    let metadata = out.get_item(2)?;
+    for item in artifacts.cast::<PyList>()?.iter() {
+        let (name, path): (String, PathBuf) = item.extract()?;
+        if path.exists() {
+            ctx.add_artifact_file(&name, path).map_err(to_py)?;
+        }
+    }
+    if !metadata.is_none() {
+        let text: String = metadata.extract()?;
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+            .map_err(|e| PyRuntimeError::new_err(format!("metadata is not a JSON object: {e}")))?;
+        for (k, v) in map {
+            ctx.set_metadata(&k, v).map_err(to_py)?;
+        }
+    }
+    let parts = Pickled::of(py, &value)?;
+    Ok(Outcome {
+        value: value.unbind(),
+        parts: Some(parts),
+    })
+}
+
+/// Records a Python exception as a failure (or an interruption).
+fn describe(py: Python<'_>, err: &PyErr, interrupts: Option<&Py<PyTuple>>) -> Failure {
+    let ty = err.get_type(py);
+    let module: String = ty
+        .getattr("__module__")
+        .and_then(|m| m.extract())
+        .unwrap_or_else(|_| "builtins".into());
+    let qualname: String = ty
+        .getattr("__qualname__")
+        .and_then(|m| m.extract())
+        .unwrap_or_else(|_| "Exception".into());
+    let interrupted = err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
+        || interrupts.is_some_and(|t| {
+            err.value(py)
+                .is_instance(t.bind(py).as_any())
+                .unwrap_or(false)
+        });
+    let traceback = err
+        .traceback(py)
+        .and_then(|tb| tb.format().ok())
+        .unwrap_or_default();
+    Failure {
+        error_type: format!("{module}.{qualname}"),
+        message: err.value(py).to_string(),
+        traceback,
+        interrupted,
+    }
+}

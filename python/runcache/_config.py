@@ -1,0 +1,97 @@
+"""Configuration resolved at call time: process defaults (`configure`), context-local overrides
+(`config`, safe across threads and asyncio tasks) and the `RUNCACHE_STORE` environment variable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import threading
+from typing import Any, Iterator
+
+from runcache import _core
+
+MODES = ("cached", "force", "retry", "read-only", "off")
+_KNOWN = {"store", "mode", "mmap", "wait_timeout", "sync", "lease_ttl"}
+
+_defaults: dict[str, Any] = {}
+_overrides: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
+    "runcache_config", default={}
+)
+_stores: dict[tuple, _core.Store] = {}
+_stores_lock = threading.Lock()
+
+
+def _check(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(options) - _KNOWN
+    if unknown:
+        raise TypeError(
+            f"unknown runcache option(s) {sorted(unknown)}; known: {sorted(_KNOWN)}"
+        )
+    mode = options.get("mode")
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; use one of: {', '.join(MODES)}")
+    return options
+
+
+def configure(**options: Any) -> None:
+    """Sets process-wide defaults, e.g. ``configure(store="/shared/cache", mode="cached")``.
+
+    Options: ``store`` (path or URL), ``mode`` (cached | force | retry | read-only | off),
+    ``mmap`` (map large array results read-only; default True), ``wait_timeout`` (seconds to
+    wait for another process computing the same entry; default: as long as it lives),
+    ``sync`` (fsync on commit), ``lease_ttl`` (seconds). ``None`` resets an option.
+    """
+    for k, v in _check(options).items():
+        if v is None:
+            _defaults.pop(k, None)
+        else:
+            _defaults[k] = v
+
+
+@contextlib.contextmanager
+def config(**options: Any) -> Iterator[None]:
+    """Temporarily overrides options in this context (thread / asyncio task):
+
+    ``with runcache.config(mode="force"): fit(X, 0)``. Affects tasks decorated earlier too:
+    every option is resolved when a task is called.
+    """
+    merged = {**_overrides.get(), **_check(options)}
+    token = _overrides.set(merged)
+    try:
+        yield
+    finally:
+        _overrides.reset(token)
+
+
+def current(task_options: dict[str, Any]) -> dict[str, Any]:
+    """The effective options for one call: task options > context > configure() > defaults."""
+    ctx = _overrides.get()
+    if not ctx and not _defaults and not task_options:
+        return {}
+    return {**_defaults, **ctx, **task_options}
+
+
+def store_location(options: dict[str, Any]) -> str:
+    loc = options.get("store")
+    if loc is None:
+        loc = os.environ.get("RUNCACHE_STORE") or ".runcache"
+    loc = os.fspath(loc)
+    if "://" not in loc:
+        loc = os.path.abspath(loc)
+    return loc
+
+
+def open_store(options: dict[str, Any]) -> _core.Store:
+    """The store handle for these options (opened once per location and settings)."""
+    loc = store_location(options)
+    ident = (loc, bool(options.get("sync", False)), options.get("lease_ttl"))
+    store = _stores.get(ident)
+    if store is None:
+        with _stores_lock:
+            store = _stores.get(ident)
+            if store is None:
+                store = _core.Store(loc, sync=ident[1], lease_ttl=ident[2])
+                _stores[ident] = store
+    return store

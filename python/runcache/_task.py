@@ -1,0 +1,340 @@
+"""``@runcache.task``: a function whose calls are computed once and then loaded."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib
+import inspect
+import json
+import os
+import signal
+import textwrap
+import threading
+import warnings
+from typing import Any, Callable, Generic, Iterable, TypeVar
+
+from runcache import _config, _core, _scope
+from runcache._entry import Entry, Explanation, explain_call
+
+R = TypeVar("R")
+
+_TASK_OPTIONS = {"store", "mode", "mmap", "wait_timeout", "sync", "lease_ttl"}
+
+
+class Terminated(BaseException):
+    """Raised inside a running task when the process receives SIGTERM: the entry is recorded as
+    interrupted and the lease released, then the process terminates as SIGTERM would."""
+
+
+_computing = threading.local()
+_sigterm_installed = False
+
+
+def _install_sigterm() -> None:
+    """Turns SIGTERM into `Terminated` while a task computes (main thread, default handler only)."""
+    global _sigterm_installed
+    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    _sigterm_installed = True
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def on_sigterm(signum, frame):
+        if getattr(_computing, "depth", 0) > 0:
+            raise Terminated("SIGTERM received while computing")
+        _die_of_sigterm()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _die_of_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _source_hash(fn: Callable) -> str | None:
+    """Hash of the function's source without comments, formatting or its docstring."""
+    try:
+        src = textwrap.dedent(inspect.getsource(fn))
+        tree = ast.parse(src)
+    except (OSError, TypeError, SyntaxError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            node.decorator_list = []
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(
+                getattr(body[0], "value", None), ast.Constant
+            ) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return hashlib.blake2b(ast.dump(tree).encode(), digest_size=32).hexdigest()
+
+
+def _reraise_recorded(exc: BaseException) -> BaseException:
+    """Rebuilds a recorded failure as an exception of its original type where possible."""
+    try:
+        _, namespace, key, error_type, message = exc.args
+    except ValueError:
+        return exc
+    module, _, qualname = error_type.rpartition(".")
+    cls: Any = None
+    try:
+        cls = importlib.import_module(module or "builtins")
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+    except Exception:
+        cls = None
+    note = (
+        f"runcache: this is the recorded failure of {namespace} (key {key[:12]}); "
+        "it was not recomputed. Use mode='retry' to recompute it."
+    )
+    if isinstance(cls, type) and issubclass(cls, BaseException):
+        try:
+            rebuilt = cls(message)
+            rebuilt.add_note(note)
+            return rebuilt
+        except Exception:
+            pass
+    exc.add_note(note)
+    return exc
+
+
+class _Signature:
+    """Binds call arguments to parameter names quickly (no inspect.Signature.bind on the common
+    path), fills defaults, and drops ignored parameters."""
+
+    __slots__ = ("sig", "names", "defaults", "simple", "ignore", "files", "var_names")
+
+    def __init__(self, fn: Callable, ignore: Iterable[str], files: Iterable[str]) -> None:
+        self.sig = inspect.signature(fn)
+        params = list(self.sig.parameters.values())
+        self.names = [p.name for p in params]
+        self.defaults = {
+            p.name: p.default for p in params if p.default is not inspect.Parameter.empty
+        }
+        self.simple = all(
+            p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params
+        ) and not any(p.kind == p.KEYWORD_ONLY for p in params)
+        self.ignore = frozenset(ignore)
+        self.files = frozenset(files)
+        unknown = (self.ignore | self.files) - set(self.names)
+        if unknown:
+            raise TypeError(
+                f"{fn.__qualname__} has no parameter(s) {sorted(unknown)} "
+                f"(it has: {', '.join(self.names)})"
+            )
+        self.var_names = {
+            p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        }
+
+    def bind(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        if self.simple and len(args) <= len(self.names) and (
+            not kwargs or all(k in self.defaults or k in self.names[len(args):] for k in kwargs)
+        ):
+            bound = dict(self.defaults)
+            bound.update(zip(self.names, args))
+            bound.update(kwargs)
+            if len(bound) != len(self.names):
+                self.sig.bind(*args, **kwargs)  # raises the usual TypeError
+        else:
+            ba = self.sig.bind(*args, **kwargs)
+            ba.apply_defaults()
+            bound = dict(ba.arguments)
+        if self.ignore:
+            for name in self.ignore:
+                bound.pop(name, None)
+        if self.files:
+            for name in self.files:
+                if name in bound and bound[name] is not None:
+                    bound[name] = _core.File(bound[name])
+        return bound
+
+
+class Task(Generic[R]):
+    """A function whose results are stored under a content key. Call it like the function.
+
+    Created by :func:`task`. Options (store, mode, ...) are resolved at call time from
+    ``.options(...)``, then ``runcache.config(...)``, then ``runcache.configure(...)``.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., R],
+        *,
+        name: str | None = None,
+        version: str = "0",
+        ignore: Iterable[str] = (),
+        files: Iterable[str] = (),
+        track_code: bool = False,
+        options: dict[str, Any] | None = None,
+        _shared: dict | None = None,
+    ) -> None:
+        self.fn = fn
+        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
+        self.version = str(version)
+        self.track_code = track_code
+        self._options = dict(options or {})
+        # State shared by all option views of the same task (signature, code hash, warnings).
+        self._shared = _shared if _shared is not None else {
+            "sig": _Signature(fn, ignore, files),
+            "source_hash": _source_hash(fn),
+            "warned_code": False,
+        }
+        self._key_version = self.version
+        if track_code and self._shared["source_hash"]:
+            self._key_version = f"{self.version}+code.{self._shared['source_hash']}"
+        _core.register_version(self.name, self._key_version)
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<runcache.task {self.name} v{self.version}>"
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        # Methods: bind the instance as the first argument (its fields become part of the key).
+        if obj is None:
+            return self
+        return functools.partial(self.__call__, obj)
+
+    # -- options -------------------------------------------------------------------------
+
+    def options(self, **options: Any) -> "Task[R]":
+        """This task with per-call options, e.g. ``fit.options(mode="force")(X, 0)``."""
+        _config._check(options)
+        view = Task.__new__(Task)
+        view.__dict__.update(self.__dict__)
+        view._options = {**self._options, **options}
+        return view
+
+    def _effective(self) -> dict[str, Any]:
+        return _config.current(self._options)
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def _bound(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        return self._shared["sig"].bind(args, kwargs)
+
+    def key(self, *args: Any, **kwargs: Any) -> str:
+        """The entry key (64 hex digits) of this call."""
+        return _core.compute_key(self.name, self._key_version, self._bound(args, kwargs))
+
+    def entry(self, *args: Any, **kwargs: Any) -> Entry:
+        """A handle on the entry of this call (which may not exist yet)."""
+        opts = self._effective()
+        return Entry(_config.open_store(opts), self.key(*args, **kwargs), self.name)
+
+    def explain(self, *args: Any, **kwargs: Any) -> Explanation:
+        """Why this call is (or is not) a hit: the nearest stored entries of this task and which
+        arguments, version or dependencies differ."""
+        opts = self._effective()
+        bound = self._bound(args, kwargs)
+        return explain_call(
+            _config.open_store(opts), self.name, self._key_version, bound
+        )
+
+    def clear(self) -> int:
+        """Deletes every entry of this task; returns how many were deleted."""
+        store = _config.open_store(self._effective())
+        n = 0
+        for text in store.entries(self.name):
+            if store.delete(json.loads(text)["key"]):
+                n += 1
+        return n
+
+    # -- calling -------------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
+        opts = _config.current(self._options)
+        mode = opts.get("mode", "cached")
+        if mode == "off":
+            return self.fn(*args, **kwargs)
+        bound = self._shared["sig"].bind(args, kwargs)
+        key = _core.compute_key(self.name, self._key_version, bound)
+        store = _config.open_store(opts)
+        fn = self.fn
+        shared = self._shared
+        source_hash = shared["source_hash"]
+
+        def doc() -> str:
+            return _core.key_document(self.name, self._key_version, bound)
+
+        def compute():
+            scope = _scope.Scope(store.scratch_dir())
+            token = _scope.enter(scope)
+            _install_sigterm()
+            _computing.depth = getattr(_computing, "depth", 0) + 1
+            try:
+                value = fn(*args, **kwargs)
+            finally:
+                _computing.depth -= 1
+                _scope.leave(token)
+            metadata = dict(scope.metadata)
+            if source_hash:
+                metadata["source_hash"] = source_hash
+            metadata["function"] = f"{fn.__module__}.{fn.__qualname__}"
+            return value, scope.artifacts, json.dumps(metadata, default=str)
+
+        try:
+            value, computed, code_changed = store.call(
+                self.name,
+                self._key_version,
+                mode,
+                key,
+                doc,
+                compute,
+                mmap=opts.get("mmap", True),
+                wait_timeout=opts.get("wait_timeout"),
+                source_hash=source_hash,
+                interrupt_types=(Terminated,),
+            )
+        except _core.RecordedFailure as e:
+            raise _reraise_recorded(e) from None
+        except Terminated:
+            if getattr(_computing, "depth", 0) == 0:
+                _die_of_sigterm()
+            raise
+        if code_changed and not shared["warned_code"]:
+            shared["warned_code"] = True
+            warnings.warn(
+                f"runcache: {self.name} returned a result computed by a different version of "
+                f"the source of {fn.__qualname__}. If the change matters, bump its version "
+                "(@runcache.task(version=...)) or use track_code=True.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return value
+
+
+def task(
+    fn: Callable[..., R] | None = None,
+    *,
+    name: str | None = None,
+    version: str | int = "0",
+    ignore: Iterable[str] = (),
+    files: Iterable[str] = (),
+    track_code: bool = False,
+    **options: Any,
+) -> Any:
+    """Makes ``fn`` a task: each call is computed once and then loaded from the store.
+
+    ``name``: namespace of its entries (default ``module.qualname``); ``version``: bump it when
+    the function's behaviour changes; ``ignore``: parameters left out of the key (verbosity,
+    device); ``files``: parameters naming files whose CONTENT enters the key instead of the path;
+    ``track_code``: make the function's normalized source part of the key. Other keyword
+    options (store, mode, mmap, wait_timeout) become the task's defaults.
+    """
+    _config._check(options)
+
+    def wrap(f: Callable[..., R]) -> Task[R]:
+        return Task(
+            f,
+            name=name,
+            version=str(version),
+            ignore=ignore,
+            files=files,
+            track_code=track_code,
+            options=options,
+        )
+
+    return wrap(fn) if fn is not None else wrap
