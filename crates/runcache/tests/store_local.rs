@@ -44,7 +44,7 @@ fn default_store_honours_env_and_writes_gitignore() {
 
 #[test]
 fn bad_locations_are_clear_errors() {
-    let err = Store::open("s3://bucket/prefix").unwrap_err();
+    let err = Store::open("gs://bucket/prefix").unwrap_err();
     assert!(
         err.to_string().contains("not supported by this build"),
         "{err}"

@@ -33,6 +33,10 @@ pub fn default_location() -> String {
 ///
 /// Query parameters: `sync=true|false`.
 pub fn open_backend(location: &str, base: &BackendOptions) -> Result<Arc<dyn Backend>> {
+    #[cfg(feature = "s3")]
+    if location.starts_with("s3://") {
+        return Ok(Arc::new(super::s3::S3Backend::open(location)?));
+    }
     let (target, query) = match location.split_once('?') {
         Some((t, q)) => (t, q),
         None => (location, ""),
