@@ -3,6 +3,8 @@
 
 use pyo3::prelude::*;
 
+mod hash;
+
 /// The extension module.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -11,5 +13,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     runcache::lease::disable_signal_handling();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("KEY_FORMAT_VERSION", runcache::key::KEY_FORMAT_VERSION)?;
+    hash::register(m)?;
     Ok(())
 }
