@@ -15,10 +15,10 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
     PyByteArray, PyBytes, PyComplex, PyDate, PyDateTime, PyDelta, PyDict, PyFrozenSet, PyList,
-    PyMemoryView, PySet, PyString, PyTime, PyTuple, PyType,
+    PyMemoryView, PySet, PySlice, PyString, PyTime, PyTuple, PyType,
 };
 
-use runcache::digest::{Digest, PARALLEL_HASH_THRESHOLD};
+use runcache::digest::{Digest, StreamHasher, PARALLEL_HASH_THRESHOLD};
 use runcache::key::canonical as c;
 
 use super::buffer::{digest_of, RawBuf};
@@ -855,13 +855,30 @@ impl<'py> Encoder<'py> {
             return Ok(());
         }
         // Not C-contiguous (Fortran order, strided views), or a dtype numpy will not export
-        // (datetime64): a flat C-order view as bytes; ravel copies only if it must.
-        let flat = arr
-            .call_method0(intern!(py, "ravel"))?
-            .call_method1(intern!(py, "view"), ("u1",))?;
-        let buf = RawBuf::simple(&flat)?;
-        let d = digest_of(py, buf.bytes());
-        c::write_digest(&mut self.out, buf.bytes().len() as u64, &d);
+        // (datetime64): C-order bytes from flat views; `ravel` copies only if it must. A large
+        // array is copied and hashed in slabs along its first axis (the C-order bytes of the
+        // whole are the slabs' C-order bytes one after the other), so memory stays bounded.
+        let nbytes: usize = arr.getattr(intern!(py, "nbytes"))?.extract()?;
+        let shape: Vec<usize> = arr.getattr(intern!(py, "shape"))?.extract()?;
+        let rows = shape.first().copied().unwrap_or(0);
+        if nbytes <= 2 * SLAB_BYTES || rows < 2 {
+            let buf = RawBuf::simple(&c_order_bytes(arr)?)?;
+            let d = digest_of(py, buf.bytes());
+            c::write_digest(&mut self.out, buf.bytes().len() as u64, &d);
+            return Ok(());
+        }
+        let per_slab = (SLAB_BYTES / (nbytes / rows)).max(1);
+        let mut hasher = StreamHasher::new();
+        let mut start = 0;
+        while start < rows {
+            let end = (start + per_slab).min(rows);
+            let slab = arr.get_item(PySlice::new(py, start as isize, end as isize, 1))?;
+            let buf = RawBuf::simple(&c_order_bytes(&slab)?)?;
+            let bytes = buf.bytes();
+            py.detach(|| hasher.update(bytes));
+            start = end;
+        }
+        c::write_digest(&mut self.out, hasher.len(), &hasher.finish());
         Ok(())
     }
 
@@ -1049,6 +1066,17 @@ impl<'py> Encoder<'py> {
             unreachable!("checked by `pandas`")
         }
     }
+}
+
+/// Non-contiguous arrays are copied to C order at most this many bytes at a time.
+const SLAB_BYTES: usize = 16 << 20;
+
+/// A flat, C-contiguous `uint8` view of the array's elements in C order (a copy only if the
+/// array is not C-contiguous).
+fn c_order_bytes<'py>(arr: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = arr.py();
+    arr.call_method0(intern!(py, "ravel"))?
+        .call_method1(intern!(py, "view"), ("u1",))
 }
 
 /// The 32 raw bytes of a `__runcache_digest__` attribute.
