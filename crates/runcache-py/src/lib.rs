@@ -7,6 +7,7 @@ mod blob;
 mod codec;
 mod errors;
 mod store;
+mod hash;
 
 /// The extension module.
 #[pymodule]
@@ -24,5 +25,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<blob::Blob>()?;
     m.add_function(wrap_pyfunction!(store::register_version, m)?)?;
     errors::register(m)?;
+    hash::register(m)?;
     Ok(())
 }

@@ -10,29 +10,29 @@ use super::path::{EncodeError, Segment};
 use super::{BUFFER_MAGIC, PREHASHED_MAGIC};
 
 /// Unit, `None`, unit structs. No payload.
-pub(crate) const TAG_NULL: u8 = 0x01;
+pub const TAG_NULL: u8 = 0x01;
 /// `bool`: one byte, 0 or 1.
-pub(crate) const TAG_BOOL: u8 = 0x02;
+pub const TAG_BOOL: u8 = 0x02;
 /// Every integer width: a sign byte (0 for >= 0, 1 for < 0) and the magnitude as u128 LE.
-pub(crate) const TAG_INT: u8 = 0x03;
+pub const TAG_INT: u8 = 0x03;
 /// `f32`: its 4 bits, little-endian.
-pub(crate) const TAG_F32: u8 = 0x04;
+pub const TAG_F32: u8 = 0x04;
 /// `f64`: its 8 bits, little-endian.
-pub(crate) const TAG_F64: u8 = 0x05;
+pub const TAG_F64: u8 = 0x05;
 /// UTF-8 string (and `char`): u64 LE byte length, then the bytes.
-pub(crate) const TAG_STR: u8 = 0x06;
+pub const TAG_STR: u8 = 0x06;
 /// Byte string: u64 LE length, then the bytes.
-pub(crate) const TAG_BYTES: u8 = 0x07;
+pub const TAG_BYTES: u8 = 0x07;
 /// `Some(x)`: followed by the encoding of `x`.
-pub(crate) const TAG_SOME: u8 = 0x08;
+pub const TAG_SOME: u8 = 0x08;
 /// Sequence, tuple, tuple struct: u64 LE element count, then the elements in order.
-pub(crate) const TAG_SEQ: u8 = 0x09;
+pub const TAG_SEQ: u8 = 0x09;
 /// Map, struct: u64 LE entry count, then key/value pairs sorted by the key's encoded bytes.
-pub(crate) const TAG_MAP: u8 = 0x0A;
+pub const TAG_MAP: u8 = 0x0A;
 /// Enum variant: u64 LE name length, the name, then the payload's encoding.
-pub(crate) const TAG_VARIANT: u8 = 0x0B;
+pub const TAG_VARIANT: u8 = 0x0B;
 /// Content known by digest (`Buffer`, `Prehashed`): u64 LE length, then the 32-byte BLAKE3.
-pub(crate) const TAG_DIGEST: u8 = 0x0C;
+pub const TAG_DIGEST: u8 = 0x0C;
 
 /// Appends the canonical encoding of `value` to `out`.
 pub(crate) fn encode_into<T: Serialize + ?Sized>(
@@ -54,13 +54,13 @@ fn write_len_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-fn write_int(out: &mut Vec<u8>, v: i128) {
+pub(crate) fn write_int(out: &mut Vec<u8>, v: i128) {
     out.push(TAG_INT);
     out.push(u8::from(v < 0));
     out.extend_from_slice(&v.unsigned_abs().to_le_bytes());
 }
 
-fn write_uint(out: &mut Vec<u8>, v: u128) {
+pub(crate) fn write_uint(out: &mut Vec<u8>, v: u128) {
     out.push(TAG_INT);
     out.push(0);
     out.extend_from_slice(&v.to_le_bytes());
@@ -400,7 +400,11 @@ pub(crate) fn duplicate_key(encoded_key: &[u8]) -> EncodeError {
 
 /// Sorts the entries of the map whose body starts at `body` by their encoded key bytes, in place,
 /// and rejects duplicate keys.
-fn sort_entries(out: &mut Vec<u8>, body: usize, entries: &mut [Entry]) -> Result<(), EncodeError> {
+pub(crate) fn sort_entries(
+    out: &mut Vec<u8>,
+    body: usize,
+    entries: &mut [Entry],
+) -> Result<(), EncodeError> {
     let key = |e: &Entry| e.0..e.1;
     let mut in_order = true;
     for w in entries.windows(2) {
@@ -516,6 +520,13 @@ pub(crate) fn render_key(bytes: &[u8]) -> String {
     render(bytes)
 }
 
+/// The position just after the encoded value that starts at `pos`, or `None` if malformed.
+pub(crate) fn skip_value(bytes: &[u8], pos: usize) -> Option<usize> {
+    let mut r = Reader { b: bytes, pos };
+    r.skip()?;
+    Some(r.pos)
+}
+
 struct Reader<'b> {
     b: &'b [u8],
     pos: usize,
@@ -537,6 +548,48 @@ impl<'b> Reader<'b> {
     fn len_bytes(&mut self) -> Option<&'b [u8]> {
         let n = usize::try_from(self.u64()?).ok()?;
         self.take(n)
+    }
+
+    fn skip(&mut self) -> Option<()> {
+        match self.u8()? {
+            TAG_NULL => {}
+            TAG_BOOL => {
+                self.take(1)?;
+            }
+            TAG_INT => {
+                self.take(17)?;
+            }
+            TAG_F32 => {
+                self.take(4)?;
+            }
+            TAG_F64 => {
+                self.take(8)?;
+            }
+            TAG_STR | TAG_BYTES => {
+                self.len_bytes()?;
+            }
+            TAG_SOME => self.skip()?,
+            TAG_SEQ => {
+                for _ in 0..self.u64()? {
+                    self.skip()?;
+                }
+            }
+            TAG_MAP => {
+                for _ in 0..self.u64()? {
+                    self.skip()?;
+                    self.skip()?;
+                }
+            }
+            TAG_VARIANT | super::canonical::TAG_TYPED => {
+                self.len_bytes()?;
+                self.skip()?;
+            }
+            TAG_DIGEST => {
+                self.take(40)?;
+            }
+            _ => return None,
+        }
+        Some(())
     }
 
     fn value(&mut self, out: &mut String) -> Option<()> {
@@ -611,6 +664,13 @@ impl<'b> Reader<'b> {
                 let len = self.u64()?;
                 let digest = self.take(32)?;
                 out.push_str(&format!("<blob len={len} blake3={}>", hex::encode(digest)));
+            }
+            super::canonical::TAG_TYPED => {
+                let name = std::str::from_utf8(self.len_bytes()?).ok()?;
+                out.push_str(name);
+                out.push('(');
+                self.value(out)?;
+                out.push(')');
             }
             _ => return None,
         }

@@ -21,6 +21,7 @@
 //!
 //! The exact byte layout is specified in `docs/key-format.md`.
 
+pub mod canonical;
 mod capture;
 mod document;
 mod encode;
@@ -194,6 +195,30 @@ fn key_bytes<A: Serialize + ?Sized>(namespace: &str, version: &str, args: &A) ->
 pub fn compute_key<A: Serialize + ?Sized>(namespace: &str, version: &str, args: &A) -> Result<Key> {
     let bytes = key_bytes(namespace, version, args)?;
     Ok(Key(Digest::of(&bytes)))
+}
+
+/// Computes a key from arguments already in canonical form (built with [`canonical`], e.g. by
+/// the Python value hasher): BLAKE3 over exactly the bytes [`compute_key`] hashes, with
+/// `args` in place of the serde encoding of the arguments. So for any `a`,
+/// `compute_key(ns, v, &a)` equals `compute_key_from_canonical_args(ns, v,
+/// &encode_canonical(&a)?)`.
+///
+/// `args` must be one complete canonical value (it is not validated).
+pub fn compute_key_from_canonical_args(namespace: &str, version: &str, args: &[u8]) -> Key {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(KEY_DOMAIN);
+    hasher.update(&KEY_FORMAT_VERSION.to_le_bytes());
+    for s in [namespace, version] {
+        hasher.update(&[encode::TAG_STR]);
+        hasher.update(&(s.len() as u64).to_le_bytes());
+        hasher.update(s.as_bytes());
+    }
+    if args.len() >= crate::digest::PARALLEL_HASH_THRESHOLD {
+        hasher.update_rayon(args);
+    } else {
+        hasher.update(args);
+    }
+    Key(Digest::from_bytes(*hasher.finalize().as_bytes()))
 }
 
 /// The readable JSON of what went into a key:
