@@ -186,16 +186,9 @@ class Task(Generic[R]):
         if track_code and self._shared["source_hash"]:
             self._key_version = f"{self.version}+code.{self._shared['source_hash']}"
         _core.register_version(self.name, self._key_version)
-        functools.update_wrapper(self, fn)
-
+    
     def __repr__(self) -> str:
         return f"<runcache.task {self.name} v{self.version}>"
-
-    def __get__(self, obj: Any, objtype: Any = None) -> Any:
-        # Methods: bind the instance as the first argument (its fields become part of the key).
-        if obj is None:
-            return self
-        return functools.partial(self.__call__, obj)
 
     # -- options -------------------------------------------------------------------------
 
@@ -326,15 +319,31 @@ def task(
     """
     _config._check(options)
 
-    def wrap(f: Callable[..., R]) -> Task[R]:
-        return Task(
-            f,
-            name=name,
-            version=str(version),
-            ignore=ignore,
-            files=files,
-            track_code=track_code,
-            options=options,
+    def wrap(f: Callable[..., R]) -> Callable[..., R]:
+        return _as_function(
+            Task(
+                f,
+                name=name,
+                version=str(version),
+                ignore=ignore,
+                files=files,
+                track_code=track_code,
+                options=options,
+            )
         )
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _as_function(t: Task[R]) -> Callable[..., R]:
+    """Presents a task as a plain function (so it works as a method, and as an attribute of
+    pydantic models and dataclasses), carrying the task's API as attributes."""
+
+    @functools.wraps(t.fn)
+    def call(*args: Any, **kwargs: Any) -> R:
+        return t(*args, **kwargs)
+
+    call.task = t  # type: ignore[attr-defined]
+    for attr in ("entry", "options", "explain", "clear", "key", "name", "version"):
+        setattr(call, attr, getattr(t, attr))
+    return call

@@ -6,8 +6,8 @@ use pyo3::prelude::*;
 mod blob;
 mod codec;
 mod errors;
-mod store;
 mod hash;
+mod store;
 
 /// The extension module.
 #[pymodule]

@@ -227,3 +227,22 @@ fn large_blobs_are_mapped_verified_once_and_damage_is_caught() {
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     assert!(!path.exists(), "the damaged blob is removed");
 }
+
+#[test]
+fn many_threads_creating_one_store_all_succeed() {
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("s{round}"));
+        let loc = path.to_str().unwrap().to_string();
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let loc = loc.clone();
+                std::thread::spawn(move || Store::open(&loc).map(|_| ()))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+        assert!(path.join(".gitignore").exists());
+    }
+}

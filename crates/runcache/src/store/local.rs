@@ -213,7 +213,19 @@ fn check_or_create_marker(root: &Path) -> Result<()> {
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if root.is_dir() && fs::read_dir(root).at(root)?.next().is_some() {
+            // A directory holding anything but a store being created right now by another
+            // process (its temp files and .gitignore) is someone else's: refuse it.
+            let foreign = root.is_dir()
+                && fs::read_dir(root).at(root)?.flatten().any(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    !(name.starts_with(".tmp-") || name == ".gitignore" || name == MARKER_FILE)
+                });
+            // ...unless that other process finished creating the store since we looked.
+            if foreign && marker.exists() {
+                return check_or_create_marker(root);
+            }
+            if foreign {
                 return Err(Error::BadStore {
                     location: root.display().to_string(),
                     message: format!(
@@ -222,10 +234,6 @@ fn check_or_create_marker(root: &Path) -> Result<()> {
                 });
             }
             fs::create_dir_all(root).at(root)?;
-            let _ = fs::write(
-                root.join(".gitignore"),
-                "# runcache store: results are never committed by accident\n*\n",
-            );
             let body = serde_json::to_vec_pretty(&Marker {
                 format: STORE_FORMAT,
                 created_by: format!("runcache {}", env!("CARGO_PKG_VERSION")),
@@ -239,7 +247,16 @@ fn check_or_create_marker(root: &Path) -> Result<()> {
             let _ = fs::remove_file(&tmp);
             match linked {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(Error::io(&marker, e)),
-                _ => Ok(()),
+                _ => {
+                    let gitignore = root.join(".gitignore");
+                    if !gitignore.exists() {
+                        let _ = fs::write(
+                            gitignore,
+                            "# runcache store: results are never committed by accident\n*\n",
+                        );
+                    }
+                    Ok(())
+                }
             }
         }
         Err(e) => Err(Error::io(&marker, e)),
