@@ -187,7 +187,8 @@ impl Leases {
     /// `Instant` we first saw it; the holder is dead once that beat has stayed the same for
     /// longer than the record's TTL. A first observation therefore always waits a full TTL.
     /// On the same machine (host and boot id match), a holder whose process is gone is dead at
-    /// once, when `same_host_liveness` is on.
+    /// once, when `same_host_liveness` is on. A backend with a shared clock (PostgreSQL's
+    /// `now()`) may also report the holder expired ([`LeaseBackend::expired`]).
     fn judge(&self, key: &Key, record: &LeaseRecord, beat: u64) -> (bool, Duration) {
         let now = Instant::now();
         let unchanged_for = {
@@ -217,6 +218,9 @@ impl Leases {
             {
                 return (false, unchanged_for);
             }
+        }
+        if let Ok(Some(true)) = self.backend.expired(key, record.generation, beat) {
+            return (false, unchanged_for);
         }
         let ttl = Duration::from_millis(record.ttl_ms);
         (unchanged_for <= ttl, unchanged_for)

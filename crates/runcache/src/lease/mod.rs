@@ -83,4 +83,13 @@ pub trait LeaseBackend: Send + Sync + Debug {
     fn list(&self) -> Result<Vec<(Key, LeaseState)>>;
     /// Removes the bookkeeping of a released lease (used by gc). Never touches a held lease.
     fn clean(&self, key: &Key) -> Result<()>;
+    /// Whether the holder of `generation`, last read at heartbeat `beat`, had been silent for
+    /// longer than its TTL by a single clock every observer shares (a database server's
+    /// `now()`), as of the last `read`. `None` (the default) when the backend has no such clock
+    /// or no judgement for that exact (generation, beat): the manager then relies on its own
+    /// monotonic clock alone. A holder is judged dead if either says so.
+    fn expired(&self, key: &Key, generation: u64, beat: u64) -> Result<Option<bool>> {
+        let _ = (key, generation, beat);
+        Ok(None)
+    }
 }

@@ -29,13 +29,18 @@ pub fn default_location() -> String {
 
 /// Opens the backend named by `location`:
 /// - a filesystem path, or `file:///abs/path` — the local-directory store;
-/// - `memory://` (private) or `memory://NAME` (shared by name within this process).
+/// - `memory://` (private) or `memory://NAME` (shared by name within this process);
+/// - `postgres://USER@HOST:PORT/DB?schema=NAME` (or `postgresql://`) — the PostgreSQL store.
 ///
 /// Query parameters: `sync=true|false`.
 pub fn open_backend(location: &str, base: &BackendOptions) -> Result<Arc<dyn Backend>> {
     #[cfg(feature = "s3")]
     if location.starts_with("s3://") {
         return Ok(Arc::new(super::s3::S3Backend::open(location)?));
+    }
+    #[cfg(feature = "postgres")]
+    if super::postgres::is_postgres_location(location) {
+        return super::postgres::open(location, base);
     }
     let (target, query) = match location.split_once('?') {
         Some((t, q)) => (t, q),

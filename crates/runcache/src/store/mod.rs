@@ -18,10 +18,14 @@ pub mod location;
 pub mod memory;
 #[cfg(feature = "s3")]
 pub mod s3;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 pub use local::LocalBackend;
 pub use location::{open_backend, BackendOptions};
 pub use memory::MemoryBackend;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresBackend;
 
 /// Format of the store layout written by this engine (the marker at the store root).
 pub const STORE_FORMAT: u32 = 1;

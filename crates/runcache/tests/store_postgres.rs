@@ -1,0 +1,533 @@
+//! The conformance suite and real-process compute-once checks against the PostgreSQL store.
+//!
+//! Needs a server: `eval "$(scripts/services/postgres start)"` sets `RUNCACHE_TEST_POSTGRES`
+//! (and `PGPASSWORD`). Without it the tests are skipped, except under `CI=true`, where they fail.
+//! Every store gets its own schema, dropped at the end of its test.
+//!
+//! The process tests re-execute this binary: `child` does nothing unless `RC_CHILD_ROLE` is set.
+
+#![cfg(feature = "postgres")]
+
+mod conformance;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use runcache::lease::LeaseOptions;
+use runcache::{Digest, Error, Status, Store, StoreOptions};
+
+/// The test server's URL, or `None` (skip) when it is not set and we are not on CI.
+fn server() -> Option<String> {
+    match std::env::var("RUNCACHE_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("the PostgreSQL test service was not started: run via scripts/test");
+            }
+            eprintln!(
+                "skipping PostgreSQL store tests: RUNCACHE_TEST_POSTGRES is not set \
+                 (eval \"$(scripts/services/postgres start)\")"
+            );
+            None
+        }
+    }
+}
+
+/// A schema name no other test (or test run) uses.
+fn fresh_schema(tag: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "t_{tag}_{}_{}_{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn with_schema(url: &str, schema: &str) -> String {
+    format!("{url}?schema={schema}")
+}
+
+/// A direct connection for test-side SQL (password from `PGPASSWORD`, like the engine's).
+fn admin(url: &str) -> postgres::Client {
+    let mut config: postgres::Config = url.parse().unwrap();
+    if let Ok(p) = std::env::var("PGPASSWORD") {
+        config.password(p);
+    }
+    config.connect(postgres::NoTls).unwrap()
+}
+
+/// Drops the schemas created by a test when it ends (also when it fails).
+struct Schemas {
+    url: String,
+    names: Vec<String>,
+}
+
+impl Drop for Schemas {
+    fn drop(&mut self) {
+        if self.names.is_empty() {
+            return;
+        }
+        let mut c = admin(&self.url);
+        for name in &self.names {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"));
+        }
+    }
+}
+
+#[test]
+fn postgres_store_conforms() {
+    let Some(url) = server() else { return };
+    let schemas = std::sync::Mutex::new(Schemas {
+        url: url.clone(),
+        names: Vec::new(),
+    });
+    conformance::run_all(&|| {
+        let schema = fresh_schema("conf");
+        schemas.lock().unwrap().names.push(schema.clone());
+        Store::open(&with_schema(&url, &schema)).unwrap()
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real processes
+
+const BIG: usize = 8 << 20;
+
+fn options_from_env() -> StoreOptions {
+    let mut lease = LeaseOptions::default();
+    if let Ok(ms) = std::env::var("RC_TTL_MS") {
+        lease.ttl = Duration::from_millis(ms.parse().unwrap());
+        lease.heartbeat_every = lease.ttl / 4;
+    }
+    if std::env::var("RC_SAME_HOST").as_deref() == Ok("0") {
+        lease.same_host_liveness = false;
+    }
+    StoreOptions {
+        lease,
+        ..Default::default()
+    }
+}
+
+fn big_value(round: u64) -> Vec<u8> {
+    let mut v = vec![0u8; BIG];
+    for (i, b) in v.iter_mut().enumerate().step_by(4096) {
+        *b = (i as u64 ^ round) as u8;
+    }
+    v
+}
+
+/// The child side. Roles: `race` (wait for a start file, then get_or_compute quickly), `slow`
+/// (a computation with a big result, to be killed) and `upload` (a big result whose upload the
+/// parent interrupts; prints the error instead of panicking).
+#[test]
+fn child() {
+    let Ok(role) = std::env::var("RC_CHILD_ROLE") else {
+        return;
+    };
+    let store_loc = std::env::var("RC_STORE").unwrap();
+    let dir = std::path::PathBuf::from(std::env::var("RC_DIR").unwrap());
+    let round: u64 = std::env::var("RC_ROUND").unwrap().parse().unwrap();
+    let store = Store::open_with(&store_loc, options_from_env()).unwrap();
+    match role.as_str() {
+        "race" => {
+            let go = dir.join("go");
+            while !go.exists() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let v: u64 = store
+                .task("proc.race")
+                .get_or_compute(&round, || {
+                    append_line(&dir.join(format!("computed-{round}")));
+                    std::thread::sleep(Duration::from_millis(30));
+                    Ok::<_, String>(round * 10 + 1)
+                })
+                .unwrap();
+            println!("VALUE {v}");
+        }
+        "slow" => {
+            let compute_ms: u64 = std::env::var("RC_COMPUTE_MS").unwrap().parse().unwrap();
+            let v = store
+                .task("proc.slow")
+                .get_or_compute_bytes(&round, |_| {
+                    fs::write(dir.join(format!("started-{round}")), b"").unwrap();
+                    std::thread::sleep(Duration::from_millis(compute_ms));
+                    Ok::<_, String>(big_value(round))
+                })
+                .unwrap();
+            assert_eq!(v.len(), BIG);
+            println!("DONE");
+        }
+        "upload" => {
+            match store
+                .task("proc.upload")
+                .get_or_compute_bytes(&round, |_| Ok::<_, String>(big_value(round)))
+            {
+                Ok(_) => println!("DONE"),
+                Err(e) => {
+                    println!("ERROR: {e}");
+                    std::process::exit(3);
+                }
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+fn append_line(path: &Path) {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    writeln!(f, "{}", std::process::id()).unwrap();
+}
+
+fn spawn(role: &str, store: &str, dir: &Path, round: u64, env: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env("RC_CHILD_ROLE", role)
+        .env("RC_STORE", store)
+        .env("RC_DIR", dir)
+        .env("RC_ROUND", round.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+fn wait_for(path: &Path, limit: Duration) {
+    let t = Instant::now();
+    while !path.exists() {
+        assert!(
+            t.elapsed() < limit,
+            "timed out waiting for {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn sigkill(child: &Child) {
+    // SAFETY: plain kill(2) on a child we spawned and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+}
+
+fn next_rand(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn eight_processes_racing_compute_once() {
+    let Some(url) = server() else { return };
+    let schema = fresh_schema("race");
+    let _cleanup = Schemas {
+        url: url.clone(),
+        names: vec![schema.clone()],
+    };
+    let loc = with_schema(&url, &schema);
+    Store::open(&loc).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..12u64 {
+        let rdir = dir.path().join(format!("r{round}"));
+        fs::create_dir(&rdir).unwrap();
+        let children: Vec<Child> = (0..8)
+            .map(|_| spawn("race", &loc, &rdir, round, &[]))
+            .collect();
+        fs::write(rdir.join("go"), b"").unwrap();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "child failed: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                stdout.contains(&format!("VALUE {}", round * 10 + 1)),
+                "{stdout}"
+            );
+        }
+        let computed = fs::read_to_string(rdir.join(format!("computed-{round}"))).unwrap();
+        assert_eq!(
+            computed.lines().count(),
+            1,
+            "round {round}: computed by {computed:?}"
+        );
+    }
+}
+
+/// The store holds a whole, correct entry for `round` (computed here if the killed holder left
+/// none) and `verify` finds nothing damaged.
+fn check_whole(store: &Store, round: u64) {
+    let task = store.task("proc.slow");
+    let v = task
+        .clone()
+        .wait_timeout(Duration::from_secs(60))
+        .get_or_compute_bytes(&round, |_| Ok::<_, String>(big_value(round)))
+        .unwrap();
+    assert!(v == big_value(round), "round {round}: wrong content");
+    assert_eq!(
+        task.entry(&round).unwrap().status().unwrap(),
+        Some(Status::Completed)
+    );
+    let report = store.verify(false, &|_, _, _| {}).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[test]
+fn sigkill_of_the_holder_at_random_points_never_leaves_a_partial_entry() {
+    let Some(url) = server() else { return };
+    let schema = fresh_schema("kill");
+    let _cleanup = Schemas {
+        url: url.clone(),
+        names: vec![schema.clone()],
+    };
+    let loc = with_schema(&url, &schema);
+    let store = Store::open(&loc).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = 0x9E3779B97F4A7C15u64 ^ std::process::id() as u64;
+    for round in 0..10u64 {
+        let mut child = spawn(
+            "slow",
+            &loc,
+            dir.path(),
+            round,
+            &[("RC_COMPUTE_MS", "40".into())],
+        );
+        // Anywhere from before the lease to after the commit (the 8 MiB upload included).
+        std::thread::sleep(Duration::from_millis(next_rand(&mut seed) % 500));
+        sigkill(&child);
+        let _ = child.wait();
+        check_whole(&store, round);
+    }
+}
+
+/// Without the same-host shortcut, a SIGKILLed holder is taken over once its heartbeat has been
+/// silent for a TTL (by the server's clock or the observer's), and the entry completes.
+#[test]
+fn sigkilled_holder_is_taken_over_by_lease_expiry() {
+    let Some(url) = server() else { return };
+    let schema = fresh_schema("expiry");
+    let _cleanup = Schemas {
+        url: url.clone(),
+        names: vec![schema.clone()],
+    };
+    let loc = with_schema(&url, &schema);
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("RC_COMPUTE_MS", "60000".to_string()),
+        ("RC_TTL_MS", "600".to_string()),
+        ("RC_SAME_HOST", "0".to_string()),
+    ];
+    let mut child = spawn("slow", &loc, dir.path(), 1, &env);
+    wait_for(&dir.path().join("started-1"), Duration::from_secs(60));
+    let store = Store::open_with(
+        &loc,
+        StoreOptions {
+            lease: LeaseOptions {
+                same_host_liveness: false,
+                ..LeaseOptions::with_ttl(Duration::from_millis(600))
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let key = store.task("proc.slow").key(&1u64).unwrap();
+    let held = store
+        .leases()
+        .view(&key)
+        .unwrap()
+        .expect("the child holds the lease");
+    assert_eq!(held.record.as_ref().unwrap().pid, child.id());
+    sigkill(&child);
+    let _ = child.wait();
+    check_whole(&store, 1);
+}
+
+/// The connection of a process uploading a result is killed by the server mid-upload
+/// (`pg_terminate_backend`, which is also what a server shutdown does to its sessions): the
+/// process gets a clear error, nothing of the entry is visible, and the next call recomputes.
+#[test]
+fn connection_killed_mid_upload_leaves_nothing_and_the_next_call_recomputes() {
+    let Some(url) = server() else { return };
+    let schema = fresh_schema("cut");
+    let _cleanup = Schemas {
+        url: url.clone(),
+        names: vec![schema.clone()],
+    };
+    let loc = with_schema(&url, &schema);
+    let store = Store::open(&loc).unwrap();
+    let round = 5u64;
+    let value = big_value(round);
+    let digest = Digest::of(&value);
+    let d = &digest.as_bytes()[..];
+
+    // Hold an uncommitted row with the key of chunk 3 of the value's blob: the uploader writes
+    // chunks 0-2 in its transaction, then blocks on ours. That is the moment we cut it off.
+    let mut blocking = admin(&url);
+    let mut tx = blocking.transaction().unwrap();
+    tx.execute(
+        &format!(
+            "INSERT INTO \"{schema}\".blob_chunks (digest, chunk_no, data) VALUES ($1, 3, '\\x00')"
+        ),
+        &[&d],
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn("upload", &loc, dir.path(), round, &[]);
+    let blocker: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    // Watched from another session: pg_stat_activity is a snapshot fixed for a transaction.
+    let mut watcher = admin(&url);
+    let started = Instant::now();
+    let victim: i32 = loop {
+        let rows = watcher
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&blocker],
+            )
+            .unwrap();
+        if let Some(row) = rows.first() {
+            break row.get(0);
+        }
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the uploader ended without blocking on chunk 3: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the uploader never blocked on chunk 3"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Three chunks of the upload are in the victim's open transaction.
+    let killed: bool = watcher
+        .query_one("SELECT pg_terminate_backend($1)", &[&victim])
+        .unwrap()
+        .get(0);
+    assert!(killed);
+    tx.rollback().unwrap();
+
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("the interrupted uploader said: {stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("was lost while storing blob") && stdout.contains("Retry once"),
+        "{stdout}"
+    );
+    if let Ok(pw) = std::env::var("PGPASSWORD") {
+        assert!(!stdout.contains(&pw), "the password leaked into a message");
+    }
+
+    // Nothing of the entry is visible: no manifest, no blob, no chunk.
+    let task = store.task("proc.upload");
+    assert!(task.entry(&round).unwrap().info().unwrap().is_none());
+    assert!(!store.backend().has_blob(&digest).unwrap());
+    let chunks: i64 = blocking
+        .query_one(
+            &format!("SELECT count(*) FROM \"{schema}\".blob_chunks"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(chunks, 0, "chunks of the interrupted upload are visible");
+
+    // The next call computes it (once) and the entry is whole.
+    let calls = AtomicUsize::new(0);
+    let got = task
+        .get_or_compute_bytes(&round, |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, String>(value.clone())
+        })
+        .unwrap();
+    assert!(got == value);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(task.entry(&round).unwrap().load_bytes().unwrap(), value);
+    assert!(store.backend().has_blob(&digest).unwrap());
+    let report = store.verify(false, &|_, _, _| {}).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[test]
+fn newer_schema_version_is_refused_with_a_clear_message() {
+    let Some(url) = server() else { return };
+    let schema = fresh_schema("newer");
+    let _cleanup = Schemas {
+        url: url.clone(),
+        names: vec![schema.clone()],
+    };
+    let loc = with_schema(&url, &schema);
+    Store::open(&loc).unwrap();
+    admin(&url)
+        .execute(
+            &format!(
+                "UPDATE \"{schema}\".runcache_meta SET value = '7' WHERE name = 'schema_version'"
+            ),
+            &[],
+        )
+        .unwrap();
+    let err = Store::open(&loc).unwrap_err();
+    assert!(matches!(err, Error::NewerFormat { found: 7, .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("Upgrade runcache"), "{msg}");
+    assert!(msg.contains(&format!("schema={schema}")), "{msg}");
+}
+
+#[test]
+fn unreachable_server_is_a_clear_error_without_the_password() {
+    // Needs no server: a port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let loc =
+        format!("postgres://someone:hunter2@127.0.0.1:{port}/nodb?schema=s&connect_timeout=5");
+    let err = Store::open(&loc).unwrap_err();
+    assert!(matches!(err, Error::BadStore { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "cannot connect to postgres at 127.0.0.1:{port}/nodb"
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("PGPASSWORD"), "{msg}");
+    assert!(!msg.contains("hunter2"), "password leaked: {msg}");
+}
+
+#[test]
+fn wrong_password_is_a_clear_error_without_the_password() {
+    let Some(url) = server() else { return };
+    let wrong = url.replacen("://runcache@", "://runcache:not-the-password@", 1);
+    if wrong == url {
+        eprintln!("skipping: the test URL does not name user runcache");
+        return;
+    }
+    let err = Store::open(&with_schema(&wrong, "s")).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::BadStore { .. }), "{msg}");
+    assert!(msg.contains("password authentication failed"), "{msg}");
+    assert!(!msg.contains("not-the-password"), "password leaked: {msg}");
+}
