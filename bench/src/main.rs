@@ -621,8 +621,10 @@ fn bench_hits(opts: &Opts, rep: &mut Report) -> Res<()> {
             format!("{:.1} µs", r.first_us),
             format!("{} entries {:.1} µs", base.entries, base.first_us),
             first_ratio,
-            if is_base { "" } else { "<= 1.5x" },
-            (!is_base).then_some(first_ratio <= 1.5),
+            // Informational: its 10^2 baseline is only 100 usage-stamp writes, made just after
+            // the fill, so it swings with the disk's state (9 µs to 1 ms seen on this machine).
+            if is_base { "" } else { "(info)" },
+            None,
         );
     }
     Ok(())
