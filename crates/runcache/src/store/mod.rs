@@ -16,10 +16,10 @@ use crate::lease::LeaseBackend;
 pub mod local;
 pub mod location;
 pub mod memory;
-#[cfg(feature = "s3")]
-pub mod s3;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 pub use local::LocalBackend;
 pub use location::{open_backend, BackendOptions};
