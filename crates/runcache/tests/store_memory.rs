@@ -26,7 +26,7 @@ fn validator_rejection_recomputes_and_replaces() {
     let t = store.task("v");
     assert_eq!(t.get_or_compute(&1, || Ok::<_, String>(1u8)).unwrap(), 1);
     let strict = t.clone().validator(Arc::new(|m: &runcache::Manifest| {
-        (m.metadata.get("schema").is_none()).then(|| "no schema recorded".to_string())
+        (!m.metadata.contains_key("schema")).then(|| "no schema recorded".to_string())
     }));
     let v: u8 = strict
         .get_or_compute_with(&1, |ctx| {
