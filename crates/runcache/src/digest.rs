@@ -111,6 +111,12 @@ impl StreamHasher {
         self.len += data.len() as u64;
     }
 
+    /// Feeds more bytes, hashing on the calling thread only.
+    pub fn update_single_threaded(&mut self, data: &[u8]) {
+        self.inner.update(data);
+        self.len += data.len() as u64;
+    }
+
     /// Bytes fed so far.
     pub fn len(&self) -> u64 {
         self.len

@@ -143,9 +143,10 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Serializes to the stored JSON form.
+    /// Serializes to the stored JSON form (compact: parsed on every hit; `runcache show`
+    /// pretty-prints it).
     pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(self).expect("manifest serialization cannot fail")
+        serde_json::to_vec(self).expect("manifest serialization cannot fail")
     }
 
     /// Parses stored bytes; `path` names the file in the error.

@@ -170,12 +170,14 @@ fn hits_record_use_at_most_once_per_granularity() {
         .task("usage")
         .get_or_compute(&1, || Err::<u8, _>("hit"))
         .unwrap();
+    other.flush_usage();
     let stamp = store.backend().last_used(&key).unwrap().expect("stamped");
     store.backend().touch(&key, 5).unwrap();
     other
         .task("usage")
         .get_or_compute(&1, || Err::<u8, _>("hit"))
         .unwrap();
+    other.flush_usage();
     assert_eq!(
         store.backend().last_used(&key).unwrap(),
         Some(5),
@@ -244,5 +246,46 @@ fn many_threads_creating_one_store_all_succeed() {
             h.join().unwrap().unwrap();
         }
         assert!(path.join(".gitignore").exists());
+    }
+}
+
+#[test]
+fn large_blobs_round_trip_and_damage_is_caught_while_streaming() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("s").to_str().unwrap()).unwrap();
+    let t = store.task("large");
+    let data: Vec<u8> = (0..20_000_000u32).map(|i| (i % 253) as u8).collect();
+    let got = t
+        .get_or_compute_bytes(&1, |_| Ok::<_, String>(data.clone()))
+        .unwrap();
+    assert!(got == data);
+    let m = t.entry(&1).unwrap().info().unwrap().unwrap();
+    let path = store.backend().blob_path(&m.blobs[0].digest).unwrap();
+    assert_eq!(fs::metadata(&path).unwrap().len(), data.len() as u64);
+    assert!(t.entry(&1).unwrap().load_bytes().unwrap() == data);
+    assert!(
+        !dir.path().join("s/tmp").exists()
+            || fs::read_dir(dir.path().join("s/tmp")).unwrap().count() == 0,
+        "no temp file left"
+    );
+    type Damage = fn(&mut Vec<u8>);
+    let damages: [(&str, Damage); 3] = [
+        ("truncated", |b| b.truncate(b.len() - 5)),
+        ("extended", |b| b.extend_from_slice(b"xx")),
+        ("bit-flipped", |b| b[12_345_678] ^= 4),
+    ];
+    for (what, damage) in damages {
+        let mut bytes = data.clone();
+        damage(&mut bytes);
+        fs::write(&path, &bytes).unwrap();
+        let err = t.entry(&1).unwrap().load_bytes().unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{what}: {err}");
+        assert!(!path.exists(), "{what}: damaged blob removed");
+        // A get_or_compute recomputes it and the entry is whole again.
+        let again = t
+            .get_or_compute_bytes(&1, |_| Ok::<_, String>(data.clone()))
+            .unwrap();
+        assert!(again == data, "{what}");
+        assert!(t.entry(&1).unwrap().load_bytes().unwrap() == data, "{what}");
     }
 }

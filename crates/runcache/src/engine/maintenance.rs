@@ -139,6 +139,7 @@ impl Store {
     /// is never touched; entries used within `min_idle` are kept. Safe to interrupt at any
     /// point: each step leaves a consistent store.
     pub fn gc(&self, options: &GcOptions, progress: Progress<'_>) -> Result<GcReport> {
+        self.flush_usage();
         let now = unix_ms();
         let mut entries: Vec<EntryInfo> = self.entries()?;
         entries.sort_by_key(|e| e.last_used_unix_ms);

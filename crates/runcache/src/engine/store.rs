@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::digest::{Digest, StreamHasher};
@@ -48,6 +48,13 @@ pub(crate) struct Inner {
     pub(crate) leases: Leases,
     pub(crate) options: StoreOptions,
     touched: Mutex<HashMap<Key, Instant>>,
+    usage_writer: OnceLock<Mutex<mpsc::Sender<UsageMsg>>>,
+}
+
+/// Work for the background thread that records last use off the hit path.
+enum UsageMsg {
+    Touch(Key, u64),
+    Flush(mpsc::Sender<()>),
 }
 
 impl std::fmt::Debug for Store {
@@ -110,6 +117,7 @@ impl Store {
                 leases,
                 options,
                 touched: Mutex::new(HashMap::new()),
+                usage_writer: OnceLock::new(),
             }),
         }
     }
@@ -139,14 +147,19 @@ impl Store {
         let Some(bytes) = self.inner.backend.get_manifest(key)? else {
             return Ok(Lookup::Missing);
         };
-        let path = self.inner.backend.manifest_location(key);
-        match Manifest::parse(&bytes, &path) {
+        // The manifest's location is only needed to name it in an error: not on the hit path.
+        match Manifest::parse(&bytes, "") {
             Ok(m) if m.key == *key => Ok(Lookup::Found(Box::new(m))),
             Ok(m) => Ok(Lookup::Damaged(format!(
-                "{path} names key {} instead of {key}",
+                "{} names key {} instead of {key}",
+                self.inner.backend.manifest_location(key),
                 m.key
             ))),
-            Err(e) => Ok(Lookup::Damaged(e.to_string())),
+            Err(_) => {
+                let path = self.inner.backend.manifest_location(key);
+                let e = Manifest::parse(&bytes, &path).expect_err("parsing is deterministic");
+                Ok(Lookup::Damaged(e.to_string()))
+            }
         }
     }
 
@@ -177,7 +190,21 @@ impl Store {
                 let Some(reader) = self.inner.backend.open_blob(&blob.digest)? else {
                     return Err(corrupt("the blob is missing from the store".into()));
                 };
-                read_limited(reader, blob.size).map_err(|e| corrupt(e.to_string()))?
+                let (data, digest) =
+                    read_and_hash(reader, blob.size).map_err(|e| corrupt(e.to_string()))?;
+                if data.len() as u64 != blob.size {
+                    self.discard_blob(blob);
+                    return Err(corrupt(format!(
+                        "size is {} bytes, the manifest says {}",
+                        data.len(),
+                        blob.size
+                    )));
+                }
+                if digest != blob.digest {
+                    self.discard_blob(blob);
+                    return Err(corrupt("content does not match its digest".into()));
+                }
+                return Ok(data);
             }
         };
         if data.len() as u64 != blob.size {
@@ -286,12 +313,10 @@ impl Store {
 
     /// Stores `data` as a blob (inline in the manifest when small) and returns its reference.
     pub(crate) fn store_blob(&self, role: &str, data: &[u8]) -> Result<BlobRef> {
-        let digest = Digest::of(data);
-        let inline = if data.len() <= INLINE_LIMIT {
-            Some(crate::manifest::encode_inline(data))
+        let (digest, inline) = if data.len() <= INLINE_LIMIT {
+            (Digest::of(data), Some(crate::manifest::encode_inline(data)))
         } else {
-            self.inner.backend.put_blob(&digest, data)?;
-            None
+            (self.inner.backend.put_blob_hashing(data)?, None)
         };
         Ok(BlobRef {
             role: role.into(),
@@ -330,8 +355,44 @@ impl Store {
                 }
             }
         }
-        if let Err(e) = self.inner.backend.touch(key, unix_ms()) {
-            log::debug!("could not record use of {key}: {e}");
+        let writer = self.inner.usage_writer.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<UsageMsg>();
+            let backend = self.inner.backend.clone();
+            let spawned = std::thread::Builder::new()
+                .name("runcache-usage".into())
+                .spawn(move || {
+                    for msg in rx {
+                        match msg {
+                            UsageMsg::Touch(key, ms) => {
+                                if let Err(e) = backend.touch(&key, ms) {
+                                    log::debug!("could not record use of {key}: {e}");
+                                }
+                            }
+                            UsageMsg::Flush(done) => {
+                                let _ = done.send(());
+                            }
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                log::warn!("runcache: cannot start the usage-recording thread: {e}");
+            }
+            Mutex::new(tx)
+        });
+        let _ = writer
+            .lock()
+            .unwrap()
+            .send(UsageMsg::Touch(*key, unix_ms()));
+    }
+
+    /// Waits until every use recorded so far by this handle is written to the store (uses are
+    /// recorded by a background thread so that hits never wait for a write).
+    pub fn flush_usage(&self) {
+        if let Some(writer) = self.inner.usage_writer.get() {
+            let (tx, rx) = mpsc::channel();
+            if writer.lock().unwrap().send(UsageMsg::Flush(tx)).is_ok() {
+                let _ = rx.recv();
+            }
         }
     }
 
@@ -405,12 +466,69 @@ impl Store {
     }
 }
 
-/// Reads at most `expected + 1` bytes so a blob longer than its manifest says is detected
-/// without reading it whole.
-fn read_limited(reader: Box<dyn Read + Send>, expected: u64) -> std::io::Result<Vec<u8>> {
-    let mut data = Vec::with_capacity(expected.min(1 << 30) as usize);
-    reader.take(expected + 1).read_to_end(&mut data)?;
-    Ok(data)
+/// Reads a blob expected to be `expected` bytes and hashes it: chunk by chunk, a second thread
+/// hashes what is already read while this one reads on. Reads at most `expected + 1` bytes, so
+/// a blob longer than its manifest says is detected without reading it whole.
+fn read_and_hash(
+    mut reader: Box<dyn Read + Send>,
+    expected: u64,
+) -> std::io::Result<(Vec<u8>, Digest)> {
+    const CHUNK: usize = 4 << 20;
+    if expected < 2 * CHUNK as u64 {
+        let mut data = Vec::with_capacity(expected as usize + 1);
+        reader.take(expected + 1).read_to_end(&mut data)?;
+        let digest = Digest::of(&data);
+        return Ok((data, digest));
+    }
+    // Zeroed by the allocator (fresh pages from the OS), so no extra pass over memory.
+    let mut data = vec![0u8; expected as usize];
+    let mut filled = 0usize;
+    let (tx, rx) = std::sync::mpsc::channel::<&[u8]>();
+    let digest = std::thread::scope(|s| -> std::io::Result<Digest> {
+        let hasher = s.spawn(move || {
+            let mut h = StreamHasher::new();
+            for chunk in rx {
+                h.update_single_threaded(chunk);
+            }
+            h.finish()
+        });
+        let mut short = false;
+        for chunk in data.chunks_mut(CHUNK) {
+            let mut n = 0;
+            while n < chunk.len() {
+                match reader.read(&mut chunk[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        drop(tx);
+                        let _ = hasher.join();
+                        return Err(e);
+                    }
+                }
+            }
+            filled += n;
+            let _ = tx.send(&chunk[..n]);
+            if n < chunk.len() {
+                short = true;
+                break;
+            }
+        }
+        drop(tx);
+        let digest = hasher.join().expect("hashing does not panic");
+        // A blob longer than expected: read one byte more to notice it.
+        if !short && reader.read(&mut [0u8; 1])? > 0 {
+            filled += 1;
+        }
+        Ok(digest)
+    })?;
+    if filled != expected as usize {
+        data.truncate(filled.min(expected as usize));
+        if filled > expected as usize {
+            data.push(0); // length now says "longer than the manifest"
+        }
+    }
+    Ok((data, digest))
 }
 
 /// Milliseconds since the Unix epoch on this machine's clock (for display and usage only).

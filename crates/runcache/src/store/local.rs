@@ -29,6 +29,9 @@ use crate::key::Key;
 use crate::lease::FsLeases;
 use crate::lease::LeaseBackend;
 
+/// Blobs at least this large are hashed while they are written.
+const OVERLAP_THRESHOLD: usize = 8 << 20;
+
 /// Name of the format marker at the store root.
 pub const MARKER_FILE: &str = "RUNCACHE-STORE.json";
 
@@ -141,12 +144,18 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
+/// Reads a small file whole, or `None` if it does not exist. Unlike `fs::read` it does not stat
+/// the file first (manifests are read on every hit: one syscall less).
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
-    match fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(path, e)),
-    }
+    use std::io::Read;
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut out = Vec::with_capacity(2048);
+    file.read_to_end(&mut out).at(path)?;
+    Ok(Some(out))
 }
 
 fn remove_optional(path: &Path) -> Result<()> {
@@ -286,6 +295,42 @@ impl Backend for LocalBackend {
             return Ok(());
         }
         self.publish(&dest, data, true).map(|_| ())
+    }
+
+    fn put_blob_hashing(&self, data: &[u8]) -> Result<Digest> {
+        if data.len() < OVERLAP_THRESHOLD {
+            let digest = Digest::of(data);
+            self.put_blob(&digest, data)?;
+            return Ok(digest);
+        }
+        // Hash on one core while this thread writes the temp file; name it when both are done.
+        let dir = self.root.join("tmp");
+        let tmp = temp_path(&dir);
+        let (digest, written) = std::thread::scope(|s| {
+            let hasher = s.spawn(|| Digest::of_single_threaded(data));
+            let written = (|| -> Result<()> {
+                let mut f = create_in(&dir, &tmp)?;
+                f.write_all(data).at(&tmp)?;
+                if self.sync {
+                    f.sync_all().at(&tmp)?;
+                }
+                Ok(())
+            })();
+            (hasher.join().expect("hashing does not panic"), written)
+        });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let dest = self.blob_file(&digest);
+        if reuse_existing(&dest, data.len() as u64) {
+            let _ = fs::remove_file(&tmp);
+            return Ok(digest);
+        }
+        let shard = dest.parent().expect("sharded");
+        fs::create_dir_all(shard).at(shard)?;
+        self.publish_file(&tmp, &dest, true)?;
+        Ok(digest)
     }
 
     fn put_blob_file(&self, digest: &Digest, path: &Path) -> Result<()> {

@@ -49,6 +49,13 @@ pub trait Backend: Send + Sync + Debug {
     fn has_blob(&self, digest: &Digest) -> Result<bool>;
     /// Stores `data` under `digest` (computed by the caller). No-op if already present.
     fn put_blob(&self, digest: &Digest, data: &[u8]) -> Result<()>;
+    /// Stores `data` and returns its digest. Backends may hash while writing (the local store
+    /// writes a temp file on one core while another hashes, then names it by the digest).
+    fn put_blob_hashing(&self, data: &[u8]) -> Result<Digest> {
+        let digest = Digest::of(data);
+        self.put_blob(&digest, data)?;
+        Ok(digest)
+    }
     /// Stores the content of the file at `path` under `digest`; the backend may move the file.
     fn put_blob_file(&self, digest: &Digest, path: &Path) -> Result<()>;
     /// Opens a blob for streaming; `None` if it does not exist.
