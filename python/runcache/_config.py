@@ -78,7 +78,8 @@ def store_location(options: dict[str, Any]) -> str:
     if loc is None:
         loc = os.environ.get("RUNCACHE_STORE") or ".runcache"
     loc = os.fspath(loc)
-    if "://" not in loc:
+    if "://" not in loc and not loc.startswith("/"):
+        # Relative paths are resolved against the working directory at call time.
         loc = os.path.abspath(loc)
     return loc
 

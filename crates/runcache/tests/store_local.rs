@@ -289,3 +289,30 @@ fn large_blobs_round_trip_and_damage_is_caught_while_streaming() {
         assert!(t.entry(&1).unwrap().load_bytes().unwrap() == data, "{what}");
     }
 }
+
+#[test]
+fn parsed_manifest_cache_sees_replacement_and_deletion_by_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().join("s");
+    let a = Store::open(loc.to_str().unwrap()).unwrap();
+    let b = Store::open(loc.to_str().unwrap()).unwrap();
+    let ta = a.task("cache");
+    let tb = b.task("cache").mode(runcache::Mode::Force);
+    assert_eq!(ta.get_or_compute(&1, || Ok::<_, String>(1u32)).unwrap(), 1);
+    for i in 0..3 {
+        // a's handle has parsed the manifest; b replaces it (as another process would).
+        assert_eq!(
+            ta.get_or_compute(&1, || Err::<u32, _>("hit")).unwrap(),
+            1 + i
+        );
+        tb.get_or_compute(&1, || Ok::<_, String>(2 + i)).unwrap();
+        assert_eq!(
+            ta.get_or_compute(&1, || Err::<u32, _>("must see b's entry"))
+                .unwrap(),
+            2 + i
+        );
+    }
+    b.delete(&ta.key(&1).unwrap()).unwrap();
+    assert!(ta.entry(&1).unwrap().info().unwrap().is_none());
+    assert_eq!(ta.get_or_compute(&1, || Ok::<_, String>(9u32)).unwrap(), 9);
+}

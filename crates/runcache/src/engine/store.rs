@@ -49,7 +49,12 @@ pub(crate) struct Inner {
     pub(crate) options: StoreOptions,
     touched: Mutex<HashMap<Key, Instant>>,
     usage_writer: OnceLock<Mutex<mpsc::Sender<UsageMsg>>>,
+    /// Manifests already parsed, by key, with the fingerprint of the file they came from.
+    parsed: Mutex<HashMap<Key, ([u64; 5], Arc<Manifest>)>>,
 }
+
+/// At most this many parsed manifests are kept per store handle.
+const PARSED_CACHE_LIMIT: usize = 16_384;
 
 /// Work for the background thread that records last use off the hit path.
 enum UsageMsg {
@@ -66,7 +71,7 @@ impl std::fmt::Debug for Store {
 /// The outcome of reading one entry's manifest.
 pub(crate) enum Lookup {
     Missing,
-    Found(Box<Manifest>),
+    Found(Arc<Manifest>),
     Damaged(String),
 }
 
@@ -118,6 +123,7 @@ impl Store {
                 options,
                 touched: Mutex::new(HashMap::new()),
                 usage_writer: OnceLock::new(),
+                parsed: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -144,21 +150,45 @@ impl Store {
 
     /// Reads and checks the manifest of `key`. Damage is reported, not raised.
     pub(crate) fn lookup(&self, key: &Key) -> Result<Lookup> {
+        // Fast path: the manifest file is the one parsed before (same fingerprint).
+        let fingerprint = self.inner.backend.manifest_fingerprint(key)?;
+        if let Some(fp) = fingerprint {
+            if let Some((seen, m)) = self.inner.parsed.lock().unwrap().get(key) {
+                if *seen == fp {
+                    return Ok(Lookup::Found(m.clone()));
+                }
+            }
+        }
         let Some(bytes) = self.inner.backend.get_manifest(key)? else {
             return Ok(Lookup::Missing);
         };
+        let found = self.parse_manifest(key, &bytes);
+        if let (Some(fp), Lookup::Found(m)) = (fingerprint, &found) {
+            // Only cache what was read from the file the fingerprint describes.
+            if self.inner.backend.manifest_fingerprint(key)? == Some(fp) {
+                let mut parsed = self.inner.parsed.lock().unwrap();
+                if parsed.len() >= PARSED_CACHE_LIMIT {
+                    parsed.clear();
+                }
+                parsed.insert(*key, (fp, m.clone()));
+            }
+        }
+        Ok(found)
+    }
+
+    fn parse_manifest(&self, key: &Key, bytes: &[u8]) -> Lookup {
         // The manifest's location is only needed to name it in an error: not on the hit path.
-        match Manifest::parse(&bytes, "") {
-            Ok(m) if m.key == *key => Ok(Lookup::Found(Box::new(m))),
-            Ok(m) => Ok(Lookup::Damaged(format!(
+        match Manifest::parse(bytes, "") {
+            Ok(m) if m.key == *key => Lookup::Found(Arc::new(m)),
+            Ok(m) => Lookup::Damaged(format!(
                 "{} names key {} instead of {key}",
                 self.inner.backend.manifest_location(key),
                 m.key
-            ))),
+            )),
             Err(_) => {
                 let path = self.inner.backend.manifest_location(key);
-                let e = Manifest::parse(&bytes, &path).expect_err("parsing is deterministic");
-                Ok(Lookup::Damaged(e.to_string()))
+                let e = Manifest::parse(bytes, &path).expect_err("parsing is deterministic");
+                Lookup::Damaged(e.to_string())
             }
         }
     }
@@ -166,7 +196,7 @@ impl Store {
     /// The manifest of `key`, if present and readable.
     pub fn manifest(&self, key: &Key) -> Result<Option<Manifest>> {
         match self.lookup(key)? {
-            Lookup::Found(m) => Ok(Some(*m)),
+            Lookup::Found(m) => Ok(Some(Arc::unwrap_or_clone(m))),
             Lookup::Missing => Ok(None),
             Lookup::Damaged(msg) => Err(Error::Malformed {
                 what: "manifest",
@@ -417,7 +447,7 @@ impl Store {
                 Lookup::Found(m) => EntryInfo {
                     key,
                     last_used_unix_ms: used.max(m.created_unix_ms),
-                    manifest: Some(*m),
+                    manifest: Some(Arc::unwrap_or_clone(m)),
                     damage: None,
                 },
                 Lookup::Damaged(msg) => EntryInfo {

@@ -391,7 +391,7 @@ impl Task {
                 );
                 return Ok(Check::Compute { replace: true });
             }
-            Lookup::Found(m) => *m,
+            Lookup::Found(m) => m,
         };
         if manifest.status == Status::Completed {
             if let Some(reason) = self.validator.as_ref().and_then(|v| v(&manifest)) {
@@ -420,7 +420,7 @@ impl Task {
             (Status::Failed, Mode::Retry) | (Status::Interrupted, _) => {
                 Ok(Check::Compute { replace: true })
             }
-            (Status::Failed, _) => Ok(Check::Failed(manifest.error.unwrap_or_default())),
+            (Status::Failed, _) => Ok(Check::Failed(manifest.error.clone().unwrap_or_default())),
         }
     }
 

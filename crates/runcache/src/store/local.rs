@@ -401,6 +401,21 @@ impl Backend for LocalBackend {
         read_optional(&self.manifest_file(key))
     }
 
+    fn manifest_fingerprint(&self, key: &Key) -> Result<Option<[u64; 5]>> {
+        let path = self.manifest_file(key);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some([
+                m.dev(),
+                m.ino(),
+                m.size(),
+                (m.mtime() as u64).wrapping_mul(1_000_000_000) ^ m.mtime_nsec() as u64,
+                (m.ctime() as u64).wrapping_mul(1_000_000_000) ^ m.ctime_nsec() as u64,
+            ])),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
     fn delete_manifest(&self, key: &Key) -> Result<()> {
         remove_optional(&self.manifest_file(key))
     }

@@ -76,6 +76,13 @@ pub trait Backend: Send + Sync + Debug {
     fn put_manifest(&self, key: &Key, bytes: &[u8], replace: bool) -> Result<bool>;
     /// Reads a manifest; `None` if the entry does not exist.
     fn get_manifest(&self, key: &Key) -> Result<Option<Vec<u8>>>;
+    /// A cheap fingerprint of the stored manifest of `key` that changes whenever the manifest
+    /// is replaced or deleted (the local store: device, inode, size, mtime, ctime from one
+    /// `stat`). `Ok(None)` means the backend offers none (every lookup reads the manifest) or
+    /// the manifest does not exist. Lets the engine reuse a manifest it already parsed.
+    fn manifest_fingerprint(&self, _key: &Key) -> Result<Option<[u64; 5]>> {
+        Ok(None)
+    }
     /// Deletes a manifest (no error if absent).
     fn delete_manifest(&self, key: &Key) -> Result<()>;
     /// Keys of every manifest in the store.
