@@ -50,8 +50,11 @@ pub(crate) struct Inner {
     touched: Mutex<HashMap<Key, Instant>>,
     usage_writer: OnceLock<Mutex<mpsc::Sender<UsageMsg>>>,
     /// Manifests already parsed, by key, with the fingerprint of the file they came from.
-    parsed: Mutex<HashMap<Key, ([u64; 5], Arc<Manifest>)>>,
+    parsed: Mutex<HashMap<Key, (Fingerprint, Arc<Manifest>)>>,
 }
+
+/// A manifest file's identity as reported by [`Backend::manifest_fingerprint`].
+type Fingerprint = [u64; 5];
 
 /// At most this many parsed manifests are kept per store handle.
 const PARSED_CACHE_LIMIT: usize = 16_384;
