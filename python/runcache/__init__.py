@@ -8,7 +8,13 @@
 
 from runcache import _core
 from runcache._config import config, configure
-from runcache._core import CorruptEntryError, RecordedFailure, RuncacheError, StoreError
+from runcache._core import (
+    CorruptEntryError,
+    RecordedFailure,
+    RuncacheError,
+    SignatureError,
+    StoreError,
+)
 from runcache._entry import Entry, Explanation
 from runcache._scope import artifact_path, set_metadata
 from runcache._task import Task, Terminated, task
@@ -21,6 +27,7 @@ __all__ = [
     "Explanation",
     "RecordedFailure",
     "RuncacheError",
+    "SignatureError",
     "StoreError",
     "Task",
     "Terminated",

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 from runcache import _core
 
 MODES = ("cached", "force", "retry", "read-only", "off")
-_KNOWN = {"store", "mode", "mmap", "wait_timeout", "sync", "lease_ttl"}
+_KNOWN = {"store", "mode", "mmap", "wait_timeout", "sync", "lease_ttl", "signing_key"}
 
 _defaults: dict[str, Any] = {}
 _overrides: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
@@ -38,10 +38,13 @@ def _check(options: dict[str, Any]) -> dict[str, Any]:
 def configure(**options: Any) -> None:
     """Sets process-wide defaults, e.g. ``configure(store="/shared/cache", mode="cached")``.
 
-    Options: ``store`` (path or URL), ``mode`` (cached | force | retry | read-only | off),
+    Options: ``store`` (path or URL, or a list of them for a tiered store, nearest first, e.g.
+    ``["./.runcache", "s3://team/cache?readonly=true"]``), ``mode`` (cached | force | retry | read-only | off),
     ``mmap`` (map large array results read-only; default True), ``wait_timeout`` (seconds to
     wait for another process computing the same entry; default: as long as it lives),
-    ``sync`` (fsync on commit), ``lease_ttl`` (seconds). ``None`` resets an option.
+    ``sync`` (fsync on commit), ``lease_ttl`` (seconds), ``signing_key`` (str or bytes: sign
+    every entry written and refuse entries read without a valid signature; default:
+    ``RUNCACHE_SIGNING_KEY`` if set). ``None`` resets an option.
     """
     for k, v in _check(options).items():
         if v is None:
@@ -73,10 +76,7 @@ def current(task_options: dict[str, Any]) -> dict[str, Any]:
     return {**_defaults, **ctx, **task_options}
 
 
-def store_location(options: dict[str, Any]) -> str:
-    loc = options.get("store")
-    if loc is None:
-        loc = os.environ.get("RUNCACHE_STORE") or ".runcache"
+def _absolute(loc: Any) -> str:
     loc = os.fspath(loc)
     if "://" not in loc and not loc.startswith("/"):
         # Relative paths are resolved against the working directory at call time.
@@ -84,15 +84,33 @@ def store_location(options: dict[str, Any]) -> str:
     return loc
 
 
+def store_location(options: dict[str, Any]) -> str | tuple[str, ...]:
+    """The store's location: one path/URL, or a tuple of them (a tiered store, nearest first)."""
+    loc = options.get("store")
+    if loc is None:
+        loc = os.environ.get("RUNCACHE_STORE") or ".runcache"
+    if isinstance(loc, (list, tuple)):
+        if not loc:
+            raise ValueError("store=[] names no location; give at least one path or URL")
+        return tuple(_absolute(x) for x in loc)
+    return _absolute(loc)
+
+
 def open_store(options: dict[str, Any]) -> _core.Store:
     """The store handle for these options (opened once per location and settings)."""
     loc = store_location(options)
-    ident = (loc, bool(options.get("sync", False)), options.get("lease_ttl"))
+    key = options.get("signing_key")
+    ident = (loc, bool(options.get("sync", False)), options.get("lease_ttl"), key)
     store = _stores.get(ident)
     if store is None:
         with _stores_lock:
             store = _stores.get(ident)
             if store is None:
-                store = _core.Store(loc, sync=ident[1], lease_ttl=ident[2])
+                store = _core.Store(
+                    list(loc) if isinstance(loc, tuple) else loc,
+                    sync=ident[1],
+                    lease_ttl=ident[2],
+                    signing_key=key,
+                )
                 _stores[ident] = store
     return store

@@ -26,6 +26,13 @@ create_exception!(
 );
 create_exception!(
     _core,
+    SignatureError,
+    StoreError,
+    "A signing key is configured and a stored entry is unsigned or badly signed: it is refused \
+     (never loaded, never recomputed over). Delete it (`runcache rm KEY`) or fix the key."
+);
+create_exception!(
+    _core,
     RecordedFailure,
     RuncacheError,
     "A computation failed earlier and its failure is recorded; use mode='retry' to recompute."
@@ -42,6 +49,7 @@ pub fn to_py(e: runcache::Error) -> PyErr {
         E::Invalid(_) => PyValueError::new_err(msg),
         E::Io { .. } => PyOSError::new_err(msg),
         E::Corrupt { .. } => CorruptEntryError::new_err(msg),
+        E::Signature { .. } => SignatureError::new_err(msg),
         E::RecordedFailure {
             namespace,
             key,
@@ -58,6 +66,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("RuncacheError", py.get_type::<RuncacheError>())?;
     m.add("StoreError", py.get_type::<StoreError>())?;
     m.add("CorruptEntryError", py.get_type::<CorruptEntryError>())?;
+    m.add("SignatureError", py.get_type::<SignatureError>())?;
     m.add("RecordedFailure", py.get_type::<RecordedFailure>())?;
     Ok(())
 }

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyTuple};
 use runcache::lease::LeaseOptions;
 use runcache::manifest::{Manifest, Status};
 use runcache::{Failure, GcOptions, Key, Mode, StoreOptions};
@@ -61,10 +61,19 @@ fn stale_dependency(m: &Manifest) -> Option<String> {
 
 #[pymethods]
 impl Store {
-    /// Opens (creating if needed) the store at `location`.
+    /// Opens (creating if needed) the store at `location`: a path or URL, or a list of them
+    /// for a tiered store (nearest first; `?readonly=true` marks a tier read-only).
+    /// `signing_key` (str or bytes) signs every entry written and refuses entries read without
+    /// a valid signature; when None, `RUNCACHE_SIGNING_KEY` applies if set.
     #[new]
-    #[pyo3(signature = (location, sync=false, lease_ttl=None))]
-    fn new(py: Python<'_>, location: &str, sync: bool, lease_ttl: Option<f64>) -> PyResult<Self> {
+    #[pyo3(signature = (location, sync=false, lease_ttl=None, signing_key=None))]
+    fn new(
+        py: Python<'_>,
+        location: &Bound<'_, PyAny>,
+        sync: bool,
+        lease_ttl: Option<f64>,
+        signing_key: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
         let mut options = StoreOptions {
             sync,
             ..Default::default()
@@ -72,8 +81,31 @@ impl Store {
         if let Some(ttl) = lease_ttl {
             options.lease = LeaseOptions::with_ttl(Duration::from_secs_f64(ttl));
         }
+        if let Some(k) = signing_key {
+            let material: Vec<u8> = match k.cast::<PyBytes>() {
+                Ok(b) => b.as_bytes().to_vec(),
+                Err(_) => k
+                    .extract::<String>()
+                    .map_err(|_| PyTypeError::new_err("signing_key must be str or bytes"))?
+                    .into_bytes(),
+            };
+            options.signing_key = Some(runcache::SigningKey::new(material).map_err(to_py)?);
+        }
+        let locations: Vec<String> = if let Ok(one) = location.extract::<String>() {
+            vec![one]
+        } else {
+            location.extract().map_err(|_| {
+                PyTypeError::new_err("location must be a str or a list of str (a tiered store)")
+            })?
+        };
         let inner = py
-            .detach(|| runcache::Store::open_with(location, options))
+            .detach(|| match locations.as_slice() {
+                [one] => runcache::Store::open_with(one, options),
+                many => {
+                    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+                    runcache::Store::open_tiered_with(&refs, options)
+                }
+            })
             .map_err(to_py)?;
         Ok(Store { inner })
     }

@@ -136,6 +136,18 @@ pub enum Error {
         message: String,
     },
 
+    /// A signing key is configured and an entry's signature is missing or wrong. A hard error:
+    /// the entry is never loaded, never treated as a miss and never overwritten.
+    #[error("signature check failed for entry {key} ({location}): {reason}. The entry is refused: it was written without the team key or was modified; delete it with `runcache rm {key}` if you trust nothing in it, or configure the right RUNCACHE_SIGNING_KEY")]
+    Signature {
+        /// Entry key (hex).
+        key: String,
+        /// Where its manifest is.
+        location: String,
+        /// What is wrong with the signature.
+        reason: String,
+    },
+
     /// Invalid user input (bad option, bad key prefix, ...).
     #[error("{0}")]
     Invalid(String),

@@ -22,6 +22,7 @@ pub mod error;
 pub mod key;
 pub mod lease;
 pub mod manifest;
+pub mod signing;
 pub mod store;
 
 pub use digest::Digest;
@@ -33,6 +34,7 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use key::Key;
 pub use manifest::{Manifest, Status};
+pub use signing::SigningKey;
 
 /// This machine's host name (used in manifests and lease records).
 pub fn host_name() -> String {

@@ -140,6 +140,10 @@ pub struct Manifest {
     /// Free-form user metadata.
     #[serde(default)]
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// The entry's signature (`v1.<key id>.<mac>`) when it was written with a signing key; see
+    /// [`crate::signing`]. Always the last member of the stored JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl Manifest {
@@ -252,6 +256,7 @@ mod tests {
             pid: 1,
             encoding: "raw".into(),
             metadata: BTreeMap::new(),
+            signature: None,
         }
     }
 

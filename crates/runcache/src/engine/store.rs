@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::lease::{LeaseOptions, Leases};
 use crate::manifest::{BlobRef, Manifest, INLINE_LIMIT};
+use crate::signing::{self, SigningKey};
 use crate::store::{self, Backend, BackendOptions};
 
 use super::mapped::{map_verified, BlobData, MapOutcome};
@@ -25,6 +26,10 @@ pub struct StoreOptions {
     pub lease: LeaseOptions,
     /// A hit records its use in the store at most once per this interval per process.
     pub usage_granularity: Duration,
+    /// Sign every entry written and refuse every entry read without a valid signature
+    /// ([`Error::Signature`]). `None`: `Store::open*` use `RUNCACHE_SIGNING_KEY` if it is set;
+    /// entries are then neither signed nor checked. See [`crate::signing`].
+    pub signing_key: Option<SigningKey>,
 }
 
 impl Default for StoreOptions {
@@ -33,6 +38,7 @@ impl Default for StoreOptions {
             sync: false,
             lease: LeaseOptions::default(),
             usage_granularity: Duration::from_secs(600),
+            signing_key: None,
         }
     }
 }
@@ -103,9 +109,25 @@ impl Store {
     }
 
     /// Opens a store with explicit options.
-    pub fn open_with(location: &str, options: StoreOptions) -> Result<Store> {
+    pub fn open_with(location: &str, mut options: StoreOptions) -> Result<Store> {
+        signing_key_from_env(&mut options)?;
         let backend = store::open_backend(location, &BackendOptions { sync: options.sync })?;
         Ok(Self::from_backend(backend, options))
+    }
+
+    /// Opens a tiered store over `locations`, nearest first (e.g. `["./.runcache",
+    /// "s3://team/cache"]`); a location may end in `?readonly=true`. See
+    /// [`crate::store::tiered`].
+    pub fn open_tiered(locations: &[&str]) -> Result<Store> {
+        Self::open_tiered_with(locations, StoreOptions::default())
+    }
+
+    /// [`Store::open_tiered`] with explicit options.
+    pub fn open_tiered_with(locations: &[&str], mut options: StoreOptions) -> Result<Store> {
+        signing_key_from_env(&mut options)?;
+        let backend =
+            store::tiered::open_tiered(locations, &BackendOptions { sync: options.sync })?;
+        Ok(Self::from_backend(Arc::new(backend), options))
     }
 
     /// A new private in-memory store.
@@ -165,6 +187,7 @@ impl Store {
         let Some(bytes) = self.inner.backend.get_manifest(key)? else {
             return Ok(Lookup::Missing);
         };
+        self.check_signature(key, &bytes)?;
         let found = self.parse_manifest(key, &bytes);
         if let (Some(fp), Lookup::Found(m)) = (fingerprint, &found) {
             // Only cache what was read from the file the fingerprint describes.
@@ -362,10 +385,14 @@ impl Store {
     /// Commits a manifest: the entry becomes visible whole. Returns false when `replace` is
     /// false and another writer committed first (theirs is kept).
     pub(crate) fn commit(&self, manifest: &Manifest, replace: bool) -> Result<bool> {
+        let bytes = match &self.inner.options.signing_key {
+            Some(k) => signing::sign_manifest(k, manifest),
+            None => manifest.to_bytes(),
+        };
         let ok = self
             .inner
             .backend
-            .put_manifest(&manifest.key, &manifest.to_bytes(), replace)?;
+            .put_manifest(&manifest.key, &bytes, replace)?;
         if ok {
             self.inner
                 .touched
@@ -445,7 +472,12 @@ impl Store {
         let mut out = Vec::new();
         for key in self.inner.backend.list_manifests()? {
             let used = self.inner.backend.last_used(&key)?.unwrap_or(0);
-            let info = match self.lookup(&key)? {
+            let lookup = match self.lookup(&key) {
+                // Listed as damage (so `ls` and `verify` show it), never parsed.
+                Err(e @ Error::Signature { .. }) => Lookup::Damaged(e.to_string()),
+                other => other?,
+            };
+            let info = match lookup {
                 Lookup::Missing => continue,
                 Lookup::Found(m) => EntryInfo {
                     key,
@@ -562,6 +594,33 @@ fn read_and_hash(
         }
     }
     Ok((data, digest))
+}
+
+// --- Signed entries (see crate::signing) ------------------------------------------------------
+
+impl Store {
+    /// With a signing key, refuses manifest bytes whose signature is missing or wrong: a hard
+    /// error, checked before anything in the entry is parsed or decoded.
+    fn check_signature(&self, key: &Key, bytes: &[u8]) -> Result<()> {
+        let Some(signing_key) = &self.inner.options.signing_key else {
+            return Ok(());
+        };
+        signing_key
+            .verify(bytes)
+            .map_err(|reason| Error::Signature {
+                key: key.to_hex(),
+                location: self.inner.backend.manifest_location(key),
+                reason,
+            })
+    }
+}
+
+/// Fills `options.signing_key` from `RUNCACHE_SIGNING_KEY` when it is unset.
+fn signing_key_from_env(options: &mut StoreOptions) -> Result<()> {
+    if options.signing_key.is_none() {
+        options.signing_key = SigningKey::from_env()?;
+    }
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch on this machine's clock (for display and usage only).

@@ -480,6 +480,7 @@ impl Task {
             pid: std::process::id(),
             encoding: String::new(),
             metadata: Default::default(),
+            signature: None,
         }
     }
 

@@ -32,8 +32,14 @@ pub fn default_location() -> String {
 /// - `memory://` (private) or `memory://NAME` (shared by name within this process);
 /// - `postgres://USER@HOST:PORT/DB?schema=NAME` (or `postgresql://`) — the PostgreSQL store.
 ///
-/// Query parameters: `sync=true|false`.
+/// Query parameters: `sync=true|false`; on any location, `readonly=true` opens it read-only
+/// (see [`super::tiered`]).
 pub fn open_backend(location: &str, base: &BackendOptions) -> Result<Arc<dyn Backend>> {
+    let (location, read_only) = super::tiered::split_read_only(location)?;
+    if read_only {
+        return super::tiered::read_only(open_backend(&location, base)?);
+    }
+    let location = location.as_str();
     #[cfg(feature = "s3")]
     if location.starts_with("s3://") {
         return Ok(Arc::new(super::s3::S3Backend::open(location)?));

@@ -20,12 +20,14 @@ pub mod memory;
 pub mod postgres;
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod tiered;
 
 pub use local::LocalBackend;
 pub use location::{open_backend, BackendOptions};
 pub use memory::MemoryBackend;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresBackend;
+pub use tiered::{Tier, TieredBackend};
 
 /// Format of the store layout written by this engine (the marker at the store root).
 pub const STORE_FORMAT: u32 = 1;

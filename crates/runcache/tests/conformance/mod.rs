@@ -561,6 +561,7 @@ pub fn waiter_loads_what_the_holder_commits(store: Store) {
             pid: 1,
             encoding: "postcard".into(),
             metadata: Default::default(),
+            signature: None,
         };
         assert!(store
             .backend()
