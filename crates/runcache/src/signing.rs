@@ -13,7 +13,7 @@
 //!   material by `blake3::derive_key("runcache entry signature v1", material)`. Keyed BLAKE3 is
 //!   a PRF designed for exactly this use, so it is a proper MAC (no length extension), and it
 //!   needs no dependency beyond the BLAKE3 the store already uses for digests.
-//! - Signed bytes: the manifest exactly as serialized with no signature (the engine's pretty
+//! - Signed bytes: the manifest exactly as serialized with no signature (the engine's compact
 //!   JSON). The manifest names every blob and artifact by digest and size (and holds small blobs
 //!   inline), and reads verify blob bytes against those digests, so the signature covers the
 //!   whole entry.
@@ -34,10 +34,10 @@ const MAC_CONTEXT: &str = "runcache entry signature v1";
 const ID_CONTEXT: &str = "runcache signing key id v1";
 const SCHEME: &str = "v1";
 /// The signature member as the engine writes it: the last member of the manifest object.
-const MEMBER: &[u8] = b",\n  \"signature\": \"";
-const END: &[u8] = b"\"\n}";
-/// How a pretty-printed JSON object ends.
-const OBJECT_END: &[u8] = b"\n}";
+const MEMBER: &[u8] = b",\"signature\":\"";
+const END: &[u8] = b"\"}";
+/// How a compact JSON object ends.
+const OBJECT_END: &[u8] = b"}";
 
 /// A key that signs and verifies entries. `Debug` shows only the key id, never the key.
 #[derive(Clone)]
@@ -104,12 +104,12 @@ impl SigningKey {
         blake3::keyed_hash(&self.mac_key, signed)
     }
 
-    /// Signs a manifest serialized without a signature (pretty JSON, as
+    /// Signs a manifest serialized without a signature (compact JSON, as
     /// [`crate::Manifest::to_bytes`] writes it): returns the bytes to store.
     pub fn sign(&self, unsigned: &[u8]) -> Vec<u8> {
         assert!(
             unsigned.ends_with(OBJECT_END),
-            "a manifest is a pretty-printed JSON object"
+            "a manifest is a JSON object"
         );
         let mac = self.mac(unsigned);
         let body = &unsigned[..unsigned.len() - OBJECT_END.len()];
