@@ -1,11 +1,16 @@
 //! `runcache`: inspect, verify and govern a runcache store from the shell.
 //!
+//! A library with one entry point, [`run`], used by the `runcache` binary of this crate and by
+//! the Python package (`runcache._core.cli_main`, the `runcache` console script and
+//! `python -m runcache`), so both install the same command.
+//!
 //! Exit codes: 0 success; 1 error (the message says what and how to fix it); 2 bad usage;
 //! 3 `verify` found damaged entries (and `--repair` was not given).
 
 #![warn(missing_docs)]
 
-use std::process::ExitCode;
+use std::ffi::OsString;
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +40,22 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Create a local store (or upgrade an existing one); with --shared, share it with a group.
+    ///
+    /// `runcache init --shared GROUP PATH` gives the whole tree to GROUP, sets the setgid bit
+    /// and group read/write(/execute) on it, and records the group in the store's marker, so
+    /// that every file and directory runcache creates later gets them too, whatever the umask.
+    Init {
+        /// The store directory (default: --store).
+        path: Option<PathBuf>,
+        /// Group (name or number) whose members read and write each other's entries.
+        #[arg(long, value_name = "GROUP")]
+        shared: Option<String>,
+        /// Permission bits of files in a shared store (octal): 660 (group only) or 664 (also
+        /// world-readable). Directories get the same plus x and setgid (2770, 2775).
+        #[arg(long, value_name = "OCTAL", default_value = "660", value_parser = parse_mode, requires = "shared")]
+        file_mode: u32,
+    },
     /// List entries (or, with --namespaces, one line per namespace).
     Ls {
         /// Only entries of this namespace.
@@ -92,14 +113,39 @@ pub enum Command {
     Leases,
 }
 
-fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let t = s.trim_start_matches("0o");
+    match u32::from_str_radix(t, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!(
+            "`{s}` is not an octal permission mode like 660 or 664"
+        )),
+    }
+}
+
+/// Runs the command line `args` (the first item is the program name, as in
+/// `std::env::args_os()`) and returns the process exit code. Usage errors print clap's message
+/// and return 2; `--help` and `--version` print and return 0. Never exits the process.
+pub fn run<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    // Tolerates a logger installed earlier (a second call, or the Python extension's logger).
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .try_init();
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
     match commands::run(&cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("runcache: error: {e:#}");
-            ExitCode::from(1)
+            1
         }
     }
 }
