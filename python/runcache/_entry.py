@@ -109,7 +109,7 @@ def _short(v: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _diff(stored: dict, requested: dict) -> list[Difference]:
+def _diff(stored: dict[str, Any], requested: dict[str, Any]) -> list[Difference]:
     out = []
     if stored.get("version") != requested.get("version"):
         out.append(Difference("(version)", stored.get("version"), requested.get("version")))
@@ -124,7 +124,9 @@ def _diff(stored: dict, requested: dict) -> list[Difference]:
     return out
 
 
-def explain_call(store: _core.Store, namespace: str, version: str, bound: dict) -> Explanation:
+def explain_call(
+    store: _core.Store, namespace: str, version: str, bound: dict[str, Any]
+) -> Explanation:
     key = _core.compute_key(namespace, version, bound)
     doc = json.loads(_core.key_document(namespace, version, bound))
     text = store.manifest(key)

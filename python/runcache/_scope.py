@@ -17,8 +17,8 @@ class Scope:
 
     __slots__ = ("scratch_root", "dir", "artifacts", "metadata")
 
-    def __init__(self, scratch_root: str) -> None:
-        self.scratch_root = scratch_root
+    def __init__(self, scratch_root: str | os.PathLike[str]) -> None:
+        self.scratch_root = os.fspath(scratch_root)
         self.dir: str | None = None
         self.artifacts: list[tuple[str, str]] = []
         self.metadata: dict[str, Any] = {}
@@ -51,11 +51,11 @@ def current() -> Scope | None:
     return _scope.get()
 
 
-def enter(scope: Scope) -> contextvars.Token:
+def enter(scope: Scope) -> contextvars.Token["Scope | None"]:
     return _scope.set(scope)
 
 
-def leave(token: contextvars.Token) -> None:
+def leave(token: contextvars.Token["Scope | None"]) -> None:
     _scope.reset(token)
 
 

@@ -13,6 +13,7 @@ import signal
 import textwrap
 import threading
 import warnings
+from types import FrameType
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
 from runcache import _config, _core, _scope
@@ -41,7 +42,7 @@ def _install_sigterm() -> None:
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return
 
-    def on_sigterm(signum, frame):
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
         if getattr(_computing, "depth", 0) > 0:
             raise Terminated("SIGTERM received while computing")
         _die_of_sigterm()
@@ -54,7 +55,7 @@ def _die_of_sigterm() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _source_hash(fn: Callable) -> str | None:
+def _source_hash(fn: Callable[..., Any]) -> str | None:
     """Hash of the function's source without comments, formatting or its docstring."""
     try:
         src = textwrap.dedent(inspect.getsource(fn))
@@ -65,9 +66,12 @@ def _source_hash(fn: Callable) -> str | None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             node.decorator_list = []
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(
-                getattr(body[0], "value", None), ast.Constant
-            ) and isinstance(body[0].value.value, str):
+            first = body[0] if body else None
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
     return hashlib.blake2b(ast.dump(tree).encode(), digest_size=32).hexdigest()
 
@@ -107,7 +111,9 @@ class _Signature:
 
     __slots__ = ("sig", "names", "defaults", "simple", "ignore", "files", "var_names")
 
-    def __init__(self, fn: Callable, ignore: Iterable[str], files: Iterable[str]) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], ignore: Iterable[str], files: Iterable[str]
+    ) -> None:
         self.sig = inspect.signature(fn)
         params = list(self.sig.parameters.values())
         self.names = [p.name for p in params]
@@ -129,7 +135,7 @@ class _Signature:
             p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         }
 
-    def bind(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         if self.simple and len(args) <= len(self.names) and (
             not kwargs or all(k in self.defaults or k in self.names[len(args):] for k in kwargs)
         ):
@@ -169,7 +175,7 @@ class Task(Generic[R]):
         files: Iterable[str] = (),
         track_code: bool = False,
         options: dict[str, Any] | None = None,
-        _shared: dict | None = None,
+        _shared: dict[str, Any] | None = None,
     ) -> None:
         self.fn = fn
         self.name = name or f"{fn.__module__}.{fn.__qualname__}"
@@ -177,7 +183,7 @@ class Task(Generic[R]):
         self.track_code = track_code
         self._options = dict(options or {})
         # State shared by all option views of the same task (signature, code hash, warnings).
-        self._shared = _shared if _shared is not None else {
+        self._shared: dict[str, Any] = _shared if _shared is not None else {
             "sig": _Signature(fn, ignore, files),
             "source_hash": _source_hash(fn),
             "warned_code": False,
@@ -205,8 +211,9 @@ class Task(Generic[R]):
 
     # -- keys ----------------------------------------------------------------------------
 
-    def _bound(self, args: tuple, kwargs: dict) -> dict[str, Any]:
-        return self._shared["sig"].bind(args, kwargs)
+    def _bound(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        sig: _Signature = self._shared["sig"]
+        return sig.bind(args, kwargs)
 
     def key(self, *args: Any, **kwargs: Any) -> str:
         """The entry key (64 hex digits) of this call."""
@@ -252,7 +259,7 @@ class Task(Generic[R]):
         def doc() -> str:
             return _core.key_document(self.name, self._key_version, bound)
 
-        def compute():
+        def compute() -> tuple[Any, list[tuple[str, str]], str]:
             scope = _scope.Scope(store.scratch_dir())
             token = _scope.enter(scope)
             _install_sigterm()
@@ -281,6 +288,7 @@ class Task(Generic[R]):
                 source_hash=source_hash,
                 interrupt_types=(Terminated,),
             )
+            result: R = value
         except _core.RecordedFailure as e:
             raise _reraise_recorded(e) from None
         except Terminated:
@@ -296,7 +304,7 @@ class Task(Generic[R]):
                 RuntimeWarning,
                 stacklevel=2,
             )
-        return value
+        return result
 
 
 def task(

@@ -1,7 +1,7 @@
 //! One function per subcommand: open the store, call the engine, print.
 
 use std::collections::BTreeMap;
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use runcache::{EntryInfo, GcOptions, Status, Store};
@@ -10,10 +10,19 @@ use serde_json::json;
 use crate::format::{age, size, table};
 use crate::{Cli, Command};
 
-/// Runs the parsed command.
-pub fn run(cli: &Cli) -> Result<ExitCode> {
+/// Runs the parsed command; returns the exit code.
+pub fn run(cli: &Cli) -> Result<i32> {
+    if let Command::Init {
+        path,
+        shared,
+        file_mode,
+    } = &cli.command
+    {
+        return init(cli, path.as_deref(), shared.as_deref(), *file_mode);
+    }
     let store = open(&cli.store)?;
     match &cli.command {
+        Command::Init { .. } => unreachable!("handled above"),
         Command::Ls {
             namespace,
             namespaces,
@@ -60,6 +69,72 @@ fn open(location: &str) -> Result<Store> {
     Store::open(location).with_context(|| format!("opening store `{location}`"))
 }
 
+/// `runcache init [--shared GROUP] PATH`.
+fn init(cli: &Cli, path: Option<&Path>, group: Option<&str>, file_mode: u32) -> Result<i32> {
+    use runcache::store::local::init_store;
+    use runcache::store::sharing::{apply_to_tree, resolve_group, Sharing};
+
+    let root: PathBuf = match path {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let loc = cli.store.split('?').next().unwrap_or(&cli.store);
+            if let Some(p) = loc.strip_prefix("file://") {
+                PathBuf::from(p)
+            } else if loc.contains("://") {
+                bail!(
+                    "`runcache init` prepares a local or shared-filesystem directory; `{loc}` is created on first use (give a PATH)"
+                );
+            } else {
+                PathBuf::from(loc)
+            }
+        }
+    };
+    let sharing = match group {
+        None => None,
+        Some(g) => Some((g, Sharing::new(resolve_group(g)?, file_mode))),
+    };
+    let existed = root.join(runcache::store::local::MARKER_FILE).exists();
+    init_store(&root, sharing).with_context(|| format!("initializing {}", root.display()))?;
+    let report = sharing.map(|(_, s)| apply_to_tree(&root, &s));
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "path": root.display().to_string(),
+                "created": !existed,
+                "shared_group": sharing.map(|(g, _)| g),
+                "shared_gid": sharing.map(|(_, s)| s.gid),
+                "file_mode": sharing.map(|(_, s)| format!("{:04o}", s.file_mode)),
+                "dir_mode": sharing.map(|(_, s)| format!("{:04o}", s.dir_mode)),
+                "paths_changed": report.as_ref().map(|r| r.changed),
+                "paths_failed": report.as_ref().map(|r| r.failed.iter().map(|(p, e)| json!({"path": p, "error": e})).collect::<Vec<_>>()),
+            }))?
+        );
+    } else {
+        println!(
+            "{} store at {}",
+            if existed { "existing" } else { "created" },
+            root.display()
+        );
+        if let (Some((g, s)), Some(r)) = (sharing, &report) {
+            println!(
+                "shared with group {g} (gid {}): files {:04o}, directories {:04o} (setgid); {} paths updated",
+                s.gid, s.file_mode, s.dir_mode, r.changed
+            );
+        }
+    }
+    if let Some(r) = report.filter(|r| !r.failed.is_empty()) {
+        for (p, e) in r.failed.iter().take(10) {
+            eprintln!("runcache: could not share {p}: {e}");
+        }
+        bail!(
+            "{} paths could not be given the group and modes (owned by other users, or you are not a member of the group); have their owners (or root) run the same `runcache init --shared` command",
+            r.failed.len()
+        );
+    }
+    Ok(0)
+}
+
 fn progress_bar(enabled: bool) -> indicatif::ProgressBar {
     if !enabled {
         return indicatif::ProgressBar::hidden();
@@ -89,7 +164,7 @@ fn ls(
     namespace: Option<&str>,
     per_namespace: bool,
     failed: bool,
-) -> Result<ExitCode> {
+) -> Result<i32> {
     let entries: Vec<EntryInfo> = store
         .entries()?
         .into_iter()
@@ -117,7 +192,7 @@ fn ls(
                 .collect();
             table(&["NAMESPACE", "ENTRIES", "SIZE", "LAST USED"], &rows);
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(0);
     }
     if cli.json {
         let v: Vec<_> = entries
@@ -169,17 +244,17 @@ fn ls(
         );
         eprintln!("{} entries in {}", entries.len(), store.location());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
-fn show(cli: &Cli, store: &Store, key: &str) -> Result<ExitCode> {
+fn show(cli: &Cli, store: &Store, key: &str) -> Result<i32> {
     let key = store.resolve_prefix(key)?;
     let m = store
         .manifest(&key)?
         .with_context(|| format!("entry {key} vanished"))?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&m)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(0);
     }
     println!("key        {}", m.key);
     println!("namespace  {}", m.namespace);
@@ -226,7 +301,7 @@ fn show(cli: &Cli, store: &Store, key: &str) -> Result<ExitCode> {
             println!("  {k} = {v}");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
 fn rm(
@@ -236,7 +311,7 @@ fn rm(
     namespace: Option<&str>,
     failed: bool,
     dry_run: bool,
-) -> Result<ExitCode> {
+) -> Result<i32> {
     if keys.is_empty() && namespace.is_none() && !failed {
         bail!("say what to remove: KEY..., --namespace NS, or --failed");
     }
@@ -282,10 +357,10 @@ fn rm(
             size(bytes)
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
-fn gc(cli: &Cli, store: &Store, options: GcOptions) -> Result<ExitCode> {
+fn gc(cli: &Cli, store: &Store, options: GcOptions) -> Result<i32> {
     if options.max_size.is_none() && options.older_than.is_none() {
         bail!("give --max-size SIZE and/or --older-than AGE (e.g. `runcache gc --max-size 20G --older-than 30d`)");
     }
@@ -316,10 +391,10 @@ fn gc(cli: &Cli, store: &Store, options: GcOptions) -> Result<ExitCode> {
             size(report.bytes_remaining)
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
-fn verify(cli: &Cli, store: &Store, repair: bool) -> Result<ExitCode> {
+fn verify(cli: &Cli, store: &Store, repair: bool) -> Result<i32> {
     let bar = progress_bar(!cli.json);
     let report = store.verify(repair, &|done, total, msg| {
         bar.set_length(total);
@@ -354,17 +429,17 @@ fn verify(cli: &Cli, store: &Store, repair: bool) -> Result<ExitCode> {
         );
     }
     Ok(if report.problems.is_empty() || repair {
-        ExitCode::SUCCESS
+        0
     } else {
-        ExitCode::from(3)
+        3
     })
 }
 
-fn du(cli: &Cli, store: &Store) -> Result<ExitCode> {
+fn du(cli: &Cli, store: &Store) -> Result<i32> {
     let u = store.usage()?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&u)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(0);
     }
     let rows: Vec<Vec<String>> = u
         .namespaces
@@ -386,10 +461,10 @@ fn du(cli: &Cli, store: &Store) -> Result<ExitCode> {
         size(u.blob_bytes),
         store.location()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
-fn leases(cli: &Cli, store: &Store) -> Result<ExitCode> {
+fn leases(cli: &Cli, store: &Store) -> Result<i32> {
     let views = store.leases().list()?;
     let held: Vec<_> = views.iter().filter(|v| v.record.is_some()).collect();
     if cli.json {
@@ -409,7 +484,7 @@ fn leases(cli: &Cli, store: &Store) -> Result<ExitCode> {
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(0);
     }
     let rows: Vec<Vec<String>> = held
         .iter()
@@ -433,5 +508,5 @@ fn leases(cli: &Cli, store: &Store) -> Result<ExitCode> {
         &["KEY", "NAMESPACE", "GEN", "HOLDER", "SINCE", "STATE"],
         &rows,
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }

@@ -24,6 +24,7 @@ use super::identity::random_hex;
 use super::{LeaseBackend, LeaseRecord, LeaseState};
 use crate::error::{Error, IoContext, Result};
 use crate::key::Key;
+use crate::store::sharing::{self, Sharing};
 
 /// How often a read retries when the files it listed vanish under it (a concurrent takeover or
 /// clean) before giving up with an error.
@@ -37,6 +38,7 @@ const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 #[derive(Clone, Debug)]
 pub struct FsLeases {
     dir: PathBuf,
+    sharing: Option<Sharing>,
 }
 
 /// What one listing of a key directory found.
@@ -93,7 +95,14 @@ fn remove_quietly(path: &Path) {
 impl FsLeases {
     /// Leases under `dir`, normally `<store root>/leases`. Nothing is created until a lease is.
     pub fn new(dir: PathBuf) -> Self {
-        FsLeases { dir }
+        FsLeases { dir, sharing: None }
+    }
+
+    /// These leases with every directory and file created given a group and modes (a store
+    /// shared with `runcache init --shared`).
+    pub fn shared(mut self, sharing: Option<Sharing>) -> Self {
+        self.sharing = sharing;
+        self
     }
 
     /// The root directory of all leases.
@@ -182,13 +191,14 @@ impl FsLeases {
     }
 
     /// Writes `bytes` to a fresh, uniquely named temp file in `dir` and returns its path.
-    fn write_temp(dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    fn write_temp(&self, dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
         let path = dir.join(format!("t.{}", random_hex(12)?));
         let result = (|| -> io::Result<()> {
             let mut file = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&path)?;
+            sharing::share_file(self.sharing.as_ref(), &file, &path);
             file.write_all(bytes)
         })();
         if let Err(e) = result {
@@ -253,10 +263,10 @@ impl LeaseBackend for FsLeases {
         }
         let dir = self.key_dir(key);
         // create_dir_all tolerates concurrent creators (EEXIST on any component is fine).
-        fs::create_dir_all(&dir).at(&dir)?;
+        sharing::create_dir_all(self.sharing.as_ref(), &dir).at(&dir)?;
         let json = serde_json::to_vec_pretty(record)
             .map_err(|e| Error::Invalid(format!("cannot encode a lease record: {e}")))?;
-        let temp = Self::write_temp(&dir, &json)?;
+        let temp = self.write_temp(&dir, &json)?;
         let target = dir.join(format!("g.{n}"));
         let linked = match fs::hard_link(&temp, &target) {
             Ok(()) => Ok(true),
@@ -301,7 +311,7 @@ impl LeaseBackend for FsLeases {
         if !Self::still_owner(&dir, generation, owner)? {
             return Ok(false);
         }
-        let temp = Self::write_temp(&dir, format!("{beat}\n").as_bytes())?;
+        let temp = self.write_temp(&dir, format!("{beat}\n").as_bytes())?;
         let target = dir.join(format!("h.{generation}"));
         if let Err(e) = fs::rename(&temp, &target) {
             remove_quietly(&temp);
@@ -322,6 +332,7 @@ impl LeaseBackend for FsLeases {
             .open(&marker)
         {
             Ok(mut file) => {
+                sharing::share_file(self.sharing.as_ref(), &file, &marker);
                 // Content is informational only; the marker's existence is what counts.
                 let _ = file.write_all(owner.as_bytes());
                 Ok(true)

@@ -12,6 +12,11 @@
 //! leases/ab/<64 hex>/     lease generation files (see docs/lease-protocol.md)
 //! tmp/                    scratch space for artifacts being produced
 //! ```
+//!
+//! NFS notes (see docs/shared-filesystems.md): existence is decided by the result of `open`,
+//! `link` or `rename`, which revalidate with the server (close-to-open), never by a cached
+//! `stat` followed by an action. A store initialized with `runcache init --shared GROUP` gives
+//! every file and directory it creates that group and group read/write ([`super::sharing`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -22,6 +27,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::sharing::{self, Sharing};
 use super::{Backend, BlobInfo, BlobReader, PollWatch, Watch, STORE_FORMAT};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -35,11 +41,47 @@ const OVERLAP_THRESHOLD: usize = 8 << 20;
 /// Name of the format marker at the store root.
 pub const MARKER_FILE: &str = "RUNCACHE-STORE.json";
 
-/// The contents of the format marker.
+/// The contents of the format marker. Fields added later are optional, so older engines (which
+/// ignore unknown fields) and newer ones read each other's markers.
 #[derive(Debug, Serialize, Deserialize)]
 struct Marker {
     format: u32,
     created_by: String,
+    /// Group of a shared store (`runcache init --shared GROUP`), for people reading the marker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shared_group: Option<String>,
+    /// Its numeric id: what the engine applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shared_gid: Option<u32>,
+    /// Permission bits of files, octal (`"0660"`); directories add `x` and setgid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file_mode: Option<String>,
+    /// Permission bits of directories, octal (`"2770"`), informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dir_mode: Option<String>,
+}
+
+impl Marker {
+    fn new() -> Self {
+        Marker {
+            format: STORE_FORMAT,
+            created_by: format!("runcache {}", env!("CARGO_PKG_VERSION")),
+            shared_group: None,
+            shared_gid: None,
+            file_mode: None,
+            dir_mode: None,
+        }
+    }
+
+    fn sharing(&self) -> Option<Sharing> {
+        let gid = self.shared_gid?;
+        let mode = self
+            .file_mode
+            .as_deref()
+            .and_then(|m| u32::from_str_radix(m, 8).ok())
+            .unwrap_or(0o660);
+        Some(Sharing::new(gid, mode))
+    }
 }
 
 /// A store in a directory on a local or shared filesystem.
@@ -48,6 +90,7 @@ pub struct LocalBackend {
     root: PathBuf,
     sync: bool,
     leases: Arc<FsLeases>,
+    sharing: Option<Sharing>,
 }
 
 impl LocalBackend {
@@ -55,9 +98,19 @@ impl LocalBackend {
     /// it is published and its directory after.
     pub fn open(root: impl Into<PathBuf>, sync: bool) -> Result<Self> {
         let root = root.into();
-        check_or_create_marker(&root)?;
-        let leases = Arc::new(FsLeases::new(root.join("leases")));
-        Ok(LocalBackend { root, sync, leases })
+        let sharing = check_or_create_marker(&root)?.sharing();
+        let leases = Arc::new(FsLeases::new(root.join("leases")).shared(sharing));
+        Ok(LocalBackend {
+            root,
+            sync,
+            leases,
+            sharing,
+        })
+    }
+
+    /// The group sharing recorded by `runcache init --shared`, if any.
+    pub fn sharing(&self) -> Option<&Sharing> {
+        self.sharing.as_ref()
     }
 
     /// The store's root directory.
@@ -82,7 +135,8 @@ impl LocalBackend {
     fn publish(&self, dest: &Path, data: &[u8], replace: bool) -> Result<bool> {
         let dir = dest.parent().expect("store paths have a parent");
         let tmp = temp_path(dir);
-        let mut f = create_in(dir, &tmp)?;
+        let mut f = create_in(self.sharing.as_ref(), dir, &tmp)?;
+        sharing::share_file(self.sharing.as_ref(), &f, &tmp);
         f.write_all(data).at(&tmp)?;
         if self.sync {
             f.sync_all().at(&tmp)?;
@@ -128,12 +182,12 @@ fn temp_path(dir: &Path) -> PathBuf {
 }
 
 /// Creates `path` exclusively, creating `dir` first if needed.
-fn create_in(dir: &Path, path: &Path) -> Result<File> {
+fn create_in(share: Option<&Sharing>, dir: &Path, path: &Path) -> Result<File> {
     let open = || OpenOptions::new().write(true).create_new(true).open(path);
     match open() {
         Ok(f) => Ok(f),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).at(dir)?;
+            sharing::create_dir_all(share, dir).at(dir)?;
             open().at(path)
         }
         Err(e) => Err(Error::io(path, e)),
@@ -196,7 +250,9 @@ fn list_sharded(base: &Path, suffix: &str) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-fn check_or_create_marker(root: &Path) -> Result<()> {
+/// Reads the store's marker, creating the store (and the marker) if the directory is new or
+/// empty.
+fn check_or_create_marker(root: &Path) -> Result<Marker> {
     if root.exists() && !root.is_dir() {
         return Err(Error::BadStore {
             location: root.display().to_string(),
@@ -219,7 +275,7 @@ fn check_or_create_marker(root: &Path) -> Result<()> {
                     engine: env!("CARGO_PKG_VERSION"),
                 });
             }
-            Ok(())
+            Ok(m)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             // A directory holding anything but a store being created right now by another
@@ -243,11 +299,8 @@ fn check_or_create_marker(root: &Path) -> Result<()> {
                 });
             }
             fs::create_dir_all(root).at(root)?;
-            let body = serde_json::to_vec_pretty(&Marker {
-                format: STORE_FORMAT,
-                created_by: format!("runcache {}", env!("CARGO_PKG_VERSION")),
-            })
-            .expect("marker serializes");
+            let marker_body = Marker::new();
+            let body = serde_json::to_vec_pretty(&marker_body).expect("marker serializes");
             let tmp = temp_path(root);
             fs::write(&tmp, body).at(&tmp)?;
             // Two processes creating the same store race here: the first link wins, the loser
@@ -264,12 +317,43 @@ fn check_or_create_marker(root: &Path) -> Result<()> {
                             "# runcache store: results are never committed by accident\n*\n",
                         );
                     }
-                    Ok(())
+                    Ok(marker_body)
                 }
             }
         }
         Err(e) => Err(Error::io(&marker, e)),
     }
+}
+
+/// Creates the store at `root` (or opens an existing one) and, with `share`, records the group
+/// sharing in its marker (replaced atomically; older engines ignore the new fields). The caller
+/// applies the group and modes to existing files ([`sharing::apply_to_tree`]).
+pub fn init_store(root: &Path, share: Option<(&str, Sharing)>) -> Result<()> {
+    let mut m = check_or_create_marker(root)?;
+    let Some((group, s)) = share else {
+        return Ok(());
+    };
+    m.shared_group = Some(group.to_string());
+    m.shared_gid = Some(s.gid);
+    m.file_mode = Some(format!("{:04o}", s.file_mode));
+    m.dir_mode = Some(format!("{:04o}", s.dir_mode));
+    let body = serde_json::to_vec_pretty(&m).expect("marker serializes");
+    let tmp = temp_path(root);
+    let mut f = create_in(None, root, &tmp)?;
+    sharing::share_file(Some(&s), &f, &tmp);
+    f.write_all(&body).at(&tmp)?;
+    f.sync_all().at(&tmp)?;
+    drop(f);
+    let marker = root.join(MARKER_FILE);
+    if let Err(e) = fs::rename(&tmp, &marker) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(marker, e));
+    }
+    // The directories every process writes into, so that nobody creates them with its umask.
+    for d in ["blobs", "manifests", "used", "leases", "tmp"] {
+        sharing::create_dir_all(Some(&s), &root.join(d)).at(root.join(d))?;
+    }
+    Ok(())
 }
 
 fn age_seconds(meta: &fs::Metadata) -> Option<u64> {
@@ -286,7 +370,9 @@ impl Backend for LocalBackend {
     }
 
     fn has_blob(&self, digest: &Digest) -> Result<bool> {
-        Ok(self.blob_file(digest).exists())
+        // open() revalidates with an NFS server (close-to-open); a stat() may answer from an
+        // attribute cache seconds old, e.g. for a blob another host's gc just removed.
+        Ok(self.blob_size(digest)?.is_some())
     }
 
     fn put_blob(&self, digest: &Digest, data: &[u8]) -> Result<()> {
@@ -309,7 +395,8 @@ impl Backend for LocalBackend {
         let (digest, written) = std::thread::scope(|s| {
             let hasher = s.spawn(|| Digest::of_single_threaded(data));
             let written = (|| -> Result<()> {
-                let mut f = create_in(&dir, &tmp)?;
+                let mut f = create_in(self.sharing.as_ref(), &dir, &tmp)?;
+                sharing::share_file(self.sharing.as_ref(), &f, &tmp);
                 f.write_all(data).at(&tmp)?;
                 if self.sync {
                     f.sync_all().at(&tmp)?;
@@ -328,7 +415,7 @@ impl Backend for LocalBackend {
             return Ok(digest);
         }
         let shard = dest.parent().expect("sharded");
-        fs::create_dir_all(shard).at(shard)?;
+        sharing::create_dir_all(self.sharing.as_ref(), shard).at(shard)?;
         self.publish_file(&tmp, &dest, true)?;
         Ok(digest)
     }
@@ -340,12 +427,14 @@ impl Backend for LocalBackend {
             return Ok(());
         }
         let dir = dest.parent().expect("sharded");
-        fs::create_dir_all(dir).at(dir)?;
+        sharing::create_dir_all(self.sharing.as_ref(), dir).at(dir)?;
         let tmp = temp_path(dir);
         // Prefer moving the scratch file (same filesystem); copy otherwise.
         if fs::rename(path, &tmp).is_err() {
             fs::copy(path, &tmp).at(&tmp)?;
         }
+        // The scratch file has its creator's umask mode: share it before it gets its name.
+        sharing::share_path(self.sharing.as_ref(), &tmp);
         if self.sync {
             File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)?;
         }
@@ -363,7 +452,7 @@ impl Backend for LocalBackend {
 
     fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         let path = self.blob_file(digest);
-        match fs::metadata(&path) {
+        match File::open(&path).and_then(|f| f.metadata()) {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(path, e)),
@@ -434,11 +523,14 @@ impl Backend for LocalBackend {
     fn touch(&self, key: &Key, unix_ms: u64) -> Result<()> {
         let path = self.used_file(key);
         let dir = path.parent().expect("sharded");
-        let write = || fs::write(&path, unix_ms.to_string());
+        let write = || {
+            fs::write(&path, unix_ms.to_string())
+                .map(|()| sharing::share_path(self.sharing.as_ref(), &path))
+        };
         match write() {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(dir).at(dir)?;
+                sharing::create_dir_all(self.sharing.as_ref(), dir).at(dir)?;
                 write().at(&path)
             }
             Err(e) => Err(Error::io(&path, e)),
@@ -462,25 +554,42 @@ impl Backend for LocalBackend {
     fn watch(&self, key: &Key) -> Result<Box<dyn Watch>> {
         let manifest_dir = self.manifest_file(key).parent().unwrap().to_path_buf();
         let lease_dir = self.leases.key_dir(key);
-        Ok(match InotifyWatch::new(&[manifest_dir, lease_dir]) {
-            Some(w) => Box::new(w),
-            None => Box::new(PollWatch::default()),
-        })
+        Ok(
+            match InotifyWatch::new(self.sharing.as_ref(), &[manifest_dir, lease_dir]) {
+                Some(w) => Box::new(w),
+                None => Box::new(PollWatch::default()),
+            },
+        )
     }
 
     fn scratch_dir(&self) -> PathBuf {
-        self.root.join("tmp")
+        let dir = self.root.join("tmp");
+        if self.sharing.is_some() {
+            // Created with the group's modes, so every teammate can make scratch dirs in it.
+            let _ = sharing::create_dir_all(self.sharing.as_ref(), &dir);
+        }
+        dir
     }
 }
 
 /// True if `dest` already holds a blob of `size` bytes; refreshes its mtime so that gc's grace
 /// period protects a blob that a new entry is about to reference.
+///
+/// Decided by opening the file, not by a `stat`: on NFS open() revalidates with the server
+/// (close-to-open), while a stat may answer from a cache that still shows a blob another host
+/// has just removed. The mtime is set to "now" with `UTIME_NOW`, which any user with write
+/// access may do (an explicit time needs the owner: a teammate's blob in a shared store would
+/// silently keep its old mtime) and which NFS evaluates on the server's clock, the clock gc's
+/// ages are measured against. A blob we cannot open for writing is rewritten (same content).
 fn reuse_existing(dest: &Path, size: u64) -> bool {
-    match fs::metadata(dest) {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = File::options().write(true).open(dest) else {
+        return false;
+    };
+    match f.metadata() {
         Ok(m) if m.len() == size => {
-            if let Ok(f) = File::options().write(true).open(dest) {
-                let _ = f.set_modified(SystemTime::now());
-            }
+            // SAFETY: a valid open descriptor; a null `times` means "both to the current time".
+            unsafe { libc::futimens(f.as_raw_fd(), std::ptr::null()) };
             true
         }
         _ => false,
@@ -494,7 +603,7 @@ struct InotifyWatch {
 }
 
 impl InotifyWatch {
-    fn new(dirs: &[PathBuf]) -> Option<Self> {
+    fn new(share: Option<&Sharing>, dirs: &[PathBuf]) -> Option<Self> {
         use inotify::WatchMask;
         let inotify = inotify::Inotify::init().ok()?;
         let mask = WatchMask::CREATE
@@ -506,7 +615,9 @@ impl InotifyWatch {
         for d in dirs {
             if inotify.watches().add(d, mask).is_err() {
                 // The directory may not exist yet: create it so that we can watch it.
-                if fs::create_dir_all(d).is_ok() && inotify.watches().add(d, mask).is_ok() {
+                if sharing::create_dir_all(share, d).is_ok()
+                    && inotify.watches().add(d, mask).is_ok()
+                {
                     any = true;
                 }
             } else {
@@ -561,6 +672,49 @@ mod tests {
         fs::write(foreign.join("thesis.tex"), b"x").unwrap();
         let err = LocalBackend::open(&foreign, false).unwrap_err();
         assert!(err.to_string().contains("not a runcache store"), "{err}");
+    }
+
+    #[test]
+    fn markers_with_and_without_sharing_read_both_ways() {
+        // A marker of an older engine has no sharing fields; a shared marker's new fields are
+        // optional (older engines ignore them: serde keeps unknown fields by default).
+        let old: Marker =
+            serde_json::from_str(r#"{"format": 1, "created_by": "runcache 0.0.9"}"#).unwrap();
+        assert!(old.sharing().is_none());
+        let shared: Marker = serde_json::from_str(
+            r#"{"format": 1, "created_by": "x", "shared_group": "ml", "shared_gid": 4242,
+                "file_mode": "0664", "dir_mode": "2775", "future_field": true}"#,
+        )
+        .unwrap();
+        assert_eq!(shared.sharing(), Some(Sharing::new(4242, 0o664)));
+        let text = serde_json::to_string(&Marker::new()).unwrap();
+        assert!(!text.contains("shared"), "{text}");
+    }
+
+    #[test]
+    fn reusing_a_blob_refreshes_its_mtime_and_a_vanished_one_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::open(dir.path().join("s"), false).unwrap();
+        let d = Digest::of(b"blob");
+        b.put_blob(&d, b"blob").unwrap();
+        let path = b.blob_file(&d);
+        let old = SystemTime::now() - Duration::from_secs(86_400);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        b.put_blob(&d, b"blob").unwrap();
+        let age = SystemTime::now()
+            .duration_since(fs::metadata(&path).unwrap().modified().unwrap())
+            .unwrap_or_default();
+        assert!(age < Duration::from_secs(60), "mtime refreshed: {age:?}");
+        fs::remove_file(&path).unwrap();
+        assert!(!b.has_blob(&d).unwrap());
+        assert_eq!(b.blob_size(&d).unwrap(), None);
+        b.put_blob(&d, b"blob").unwrap();
+        assert_eq!(b.blob_size(&d).unwrap(), Some(4));
     }
 
     #[test]

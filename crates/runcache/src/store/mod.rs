@@ -20,6 +20,7 @@ pub mod memory;
 pub mod postgres;
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod sharing;
 pub mod tiered;
 
 pub use local::LocalBackend;
