@@ -158,8 +158,8 @@ def test_tampered_manifest_is_refused(keyed_store):
     assert f(2) == 6
     path = _manifest_file(keyed_store, f.key(2))
     doc = path.read_text()
-    assert '"function": ' in doc
-    path.write_text(doc.replace('"function": "', '"function": "evil.', 1))
+    assert '"function":"' in doc
+    path.write_text(doc.replace('"function":"', '"function":"evil.', 1))
     with pytest.raises(_core.SignatureError, match="modified"):
         f(2)
 

@@ -185,13 +185,13 @@ pub(crate) fn sign_manifest(key: &SigningKey, manifest: &crate::Manifest) -> Vec
 mod tests {
     use super::*;
 
-    const UNSIGNED: &[u8] = b"{\n  \"format\": 1,\n  \"metadata\": {\n    \"a\": 1\n  }\n}";
+    const UNSIGNED: &[u8] = b"{\"format\":1,\"metadata\":{\"a\":1}}";
 
     #[test]
     fn sign_then_verify() {
         let k = SigningKey::new("team secret 0123456789").unwrap();
         let stored = k.sign(UNSIGNED);
-        assert!(stored.ends_with(b"\"\n}"));
+        assert!(stored.ends_with(b"\"}"));
         let v: serde_json::Value = serde_json::from_slice(&stored).unwrap();
         assert!(v["signature"].as_str().unwrap().starts_with("v1."));
         k.verify(&stored).unwrap();

@@ -64,11 +64,15 @@ pub struct TieredBackend {
     leases: Arc<dyn LeaseBackend>,
 }
 
-/// The top-level `status` member of a completed manifest as the engine writes it.
-const COMPLETED: &[u8] = b"\n  \"status\": \"completed\"";
-
+/// True if the manifest's top-level status is `completed` (a parse of that one member: a key
+/// document may itself contain a "status" string, so no byte search is safe).
 fn is_completed(manifest: &[u8]) -> bool {
-    manifest.windows(COMPLETED.len()).any(|w| w == COMPLETED)
+    #[derive(serde::Deserialize)]
+    struct StatusOnly {
+        status: crate::manifest::Status,
+    }
+    serde_json::from_slice::<StatusOnly>(manifest)
+        .is_ok_and(|m| m.status == crate::manifest::Status::Completed)
 }
 
 impl TieredBackend {
@@ -759,8 +763,13 @@ mod tests {
 
     #[test]
     fn completed_is_recognised_at_top_level_only() {
-        assert!(is_completed(b"{\n  \"status\": \"completed\",\n}"));
-        assert!(!is_completed(b"{\n    \"status\": \"completed\",\n}"));
-        assert!(!is_completed(b"{\n  \"status\": \"failed\",\n}"));
+        assert!(is_completed(
+            br#"{"key_doc":{"status":"failed"},"status":"completed"}"#
+        ));
+        assert!(!is_completed(
+            br#"{"key_doc":{"status":"completed"},"status":"failed"}"#
+        ));
+        assert!(!is_completed(br#"{"status":"interrupted"}"#));
+        assert!(!is_completed(b"not json"));
     }
 }
