@@ -10,6 +10,7 @@ from runcache import _core
 from runcache._config import config, configure
 from runcache._core import CorruptEntryError, RecordedFailure, RuncacheError, StoreError
 from runcache._entry import Entry, Explanation
+from runcache._memory import Memory
 from runcache._scope import artifact_path, set_metadata
 from runcache._task import Task, Terminated, task
 
@@ -19,6 +20,7 @@ __all__ = [
     "CorruptEntryError",
     "Entry",
     "Explanation",
+    "Memory",
     "RecordedFailure",
     "RuncacheError",
     "StoreError",
