@@ -24,7 +24,7 @@ from sklearn.exceptions import ConvergenceWarning
 import runcache as rc
 
 
-@rc.task(version="1")
+@rc.task(name="examples.ica_ensemble.fit_ica", version="1")
 def fit_ica(X: np.ndarray, seed: int, max_iter: int = 500, n_components: int = 5) -> dict:
     """One FastICA fit: the fitted model, its sources and whether it converged."""
     ica = FastICA(

@@ -27,7 +27,6 @@ import datetime
 import functools
 import json
 import re
-import sys
 import time
 import types
 import warnings
@@ -199,6 +198,22 @@ def _unwrap(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return args, kwargs
 
 
+def _describe(args: tuple, kwargs: dict, limit: int = 40) -> str:
+    """A short readable rendering of a call's arguments (for ``verbose``)."""
+
+    def one(v: Any) -> str:
+        if type(v) in _PLAIN:
+            text = repr(v)
+        elif hasattr(v, "shape") and hasattr(v, "dtype"):
+            text = f"<{type(v).__name__} {tuple(v.shape)} {v.dtype}>"
+        else:
+            text = repr(v) if _is_estimator(v) else f"<{type(v).__name__}>"
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+
+    parts = [one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()]
+    return ", ".join(parts)
+
+
 def _metadata(info: dict[str, Any]) -> dict[str, Any]:
     """joblib-style metadata of a stored entry: ``duration`` (s), ``time`` (epoch seconds when
     it was stored), ``input_args`` (the key document's arguments), plus runcache's ``key``,
@@ -366,10 +381,11 @@ class MemorizedFunc:
         def run(*args: Any, **kwargs: Any) -> Any:
             args, kwargs = _unwrap(args, kwargs)
             if self._verbose > 0:
-                print(f"[Memory] Calling {name}...", file=sys.stderr)
+                shown = {k: v for k, v in kwargs.items() if k not in self.ignore}
+                print(f"[Memory] Calling {name}({_describe(args, shown)})", flush=True)
                 t0 = time.perf_counter()
                 out = func(*args, **kwargs)
-                print(f"[Memory] {name} - {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+                print(f"[Memory] {name} - {time.perf_counter() - t0:.1f}s", flush=True)
                 return out
             return func(*args, **kwargs)
 

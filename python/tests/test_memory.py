@@ -73,6 +73,18 @@ def test_cache_computes_once_and_accepts_decorator_forms(memory):
         memory.cache(lambda x: x, ignore=["nope"])
 
 
+def test_verbose_prints_each_computation_only(tmp_path, capsys):
+    @rc.Memory(tmp_path / "v", verbose=1).cache(ignore=["secret"])
+    def f(x, secret=None):
+        return x
+
+    f(1, secret="hunter2")
+    f(1, secret="hunter2")
+    out = capsys.readouterr().out
+    assert out.count("[Memory] Calling") == 1 and "f(1)" in out
+    assert "hunter2" not in out, "ignored arguments are not printed"
+
+
 def test_call_forces_and_returns_output_and_metadata(memory):
     calls = []
 
