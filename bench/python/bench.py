@@ -238,7 +238,6 @@ def bench_store_and_load(tmp: str, arr: np.ndarray, reps: int) -> None:
 
     jmem = joblib.Memory(os.path.join(tmp, "joblib-store"), verbose=0)
     jmake = jmem.cache(produce)
-    npy = os.path.join(tmp, "plain.npy")
     rows: dict[str, list[float]] = {k: [] for k in ("rc", "rc_sync", "np", "np_sync", "joblib")}
 
     def np_save_fsync(path, a):
@@ -257,6 +256,9 @@ def bench_store_and_load(tmp: str, arr: np.ndarray, reps: int) -> None:
             tag += 1
             arr[0] = tag
             os.sync()  # no dirty pages of the previous write pending
+            # A new file every time, as runcache writes a new blob (overwriting one file would
+            # free its cached pages first and make the plain write look faster than it is).
+            npy = os.path.join(tmp, f"plain-{tag}.npy")
             if kind == "np":
                 t, _ = timed(np.save, npy, arr)
             elif kind == "np_sync":
@@ -285,6 +287,7 @@ def bench_store_and_load(tmp: str, arr: np.ndarray, reps: int) -> None:
 
     print(f"\n(d) loading the {size} array result (warm page cache)")
     arr[0] = tag + 1
+    npy = os.path.join(tmp, "plain-load.npy")
     np.save(npy, arr)
     row("d", "runcache load, mmap (default)", per_call(make, (last_rc,), 200, 10))
     full = make.options(mmap=False)
