@@ -16,6 +16,7 @@ from runcache._core import (
     StoreError,
 )
 from runcache._entry import Entry, Explanation
+from runcache._memory import Memory
 from runcache._scope import artifact_path, set_metadata
 from runcache._task import Task, Terminated, task
 
@@ -25,6 +26,7 @@ __all__ = [
     "CorruptEntryError",
     "Entry",
     "Explanation",
+    "Memory",
     "RecordedFailure",
     "RuncacheError",
     "SignatureError",
