@@ -1,10 +1,11 @@
-//! Memory-mapped blobs, verified once per machine.
+//! Large local blobs, verified once per machine.
 //!
-//! A large blob on a local filesystem is mapped read-only instead of read. Its digest is checked
-//! the first time this machine maps that file; the check is remembered by the file's identity
+//! A large blob on a local filesystem is mapped read-only (or read whole). Its digest is checked
+//! the first time this machine maps or reads that file; the check is remembered by the file's identity
 //! (device, inode, size, mtime, ctime) as an empty marker file under `/dev/shm` (a tmpfs: the
 //! memory does not survive a reboot, and the directory name carries the boot id as well). Later
-//! maps of the same unchanged file, in any process of the same user, cost one `stat`.
+//! maps of the same unchanged file, in any process of the same user, cost one `stat`; later full
+//! reads cost the copy alone. Any change to the file changes its ctime, hence its identity.
 
 use std::fs::{self, File};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -84,6 +85,68 @@ pub(crate) fn map_verified(path: &Path, digest: &Digest, size: u64) -> Result<Ma
     Ok(MapOutcome::Ok(map))
 }
 
+/// Reads `path` whole. Its digest is checked while it is read unless this machine already
+/// verified this file identity (mapped or read earlier); a successful check is remembered.
+pub(crate) fn read_verified(
+    path: &Path,
+    digest: &Digest,
+    size: u64,
+    read_and_hash: impl FnOnce(File, u64) -> std::io::Result<(Vec<u8>, Digest)>,
+) -> Result<ReadOutcome> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadOutcome::Missing),
+        Err(e) => return Err(crate::Error::io(path, e)),
+    };
+    let meta = file.metadata().at(path)?;
+    if meta.len() != size {
+        return Ok(ReadOutcome::Damaged(format!(
+            "size is {} bytes, the manifest says {size}",
+            meta.len()
+        )));
+    }
+    let marker = marker_path(digest, &meta);
+    if marker.as_ref().is_some_and(|m| m.exists()) {
+        use std::io::Read;
+        let mut data = vec![0u8; size as usize];
+        advise_huge_pages(&mut data);
+        let complete =
+            file.read_exact(&mut data).is_ok() && file.read(&mut [0u8; 1]).at(path)? == 0;
+        if !complete {
+            return Ok(ReadOutcome::Damaged(
+                "the file changed while it was read".into(),
+            ));
+        }
+        return Ok(ReadOutcome::Ok(data));
+    }
+    let (data, found) = read_and_hash(file, size).at(path)?;
+    if data.len() as u64 != size {
+        return Ok(ReadOutcome::Damaged(format!(
+            "size is {} bytes, the manifest says {size}",
+            data.len()
+        )));
+    }
+    if found != *digest {
+        return Ok(ReadOutcome::Damaged(
+            "content does not match its digest".into(),
+        ));
+    }
+    if let Some(m) = marker {
+        let _ = File::create(m);
+    }
+    Ok(ReadOutcome::Ok(data))
+}
+
+/// What a verified read found.
+pub(crate) enum ReadOutcome {
+    /// The bytes, verified (now or earlier on this machine).
+    Ok(Vec<u8>),
+    /// The file is missing.
+    Missing,
+    /// The file is there but damaged.
+    Damaged(String),
+}
+
 /// The marker recording that this file identity was verified, if a private tmpfs dir exists.
 fn marker_path(digest: &Digest, meta: &fs::Metadata) -> Option<PathBuf> {
     let dir = verified_dir()?;
@@ -119,4 +182,24 @@ fn verified_dir() -> Option<&'static Path> {
         private.then_some(dir)
     })
     .as_deref()
+}
+
+/// Asks the kernel to back a large buffer with huge pages (where transparent huge pages are in
+/// `madvise` mode, as numpy does for its large arrays): filling 1 GiB then takes 512 page faults
+/// instead of 262 144.
+pub(crate) fn advise_huge_pages(buf: &mut [u8]) {
+    const PAGE: usize = 4096;
+    let start = buf.as_mut_ptr() as usize;
+    let aligned = (start + PAGE - 1) & !(PAGE - 1);
+    let end = start + buf.len();
+    if end > aligned + PAGE {
+        // SAFETY: the range lies inside `buf`, which we own; madvise only changes paging hints.
+        unsafe {
+            libc::madvise(
+                aligned as *mut libc::c_void,
+                (end - aligned) & !(PAGE - 1),
+                libc::MADV_HUGEPAGE,
+            );
+        }
+    }
 }

@@ -13,7 +13,9 @@ use crate::manifest::{BlobRef, Manifest, INLINE_LIMIT};
 use crate::signing::{self, SigningKey};
 use crate::store::{self, Backend, BackendOptions};
 
-use super::mapped::{map_verified, BlobData, MapOutcome};
+use super::mapped::{
+    advise_huge_pages, map_verified, read_verified, BlobData, MapOutcome, ReadOutcome,
+};
 use super::task::Task;
 
 /// Options of a [`Store`] handle.
@@ -61,6 +63,9 @@ pub(crate) struct Inner {
 
 /// A manifest file's identity as reported by [`Backend::manifest_fingerprint`].
 type Fingerprint = [u64; 5];
+
+/// Local blobs at least this large are verified once per machine per file identity when read.
+const LOCAL_VERIFY_ONCE: u64 = 1 << 20;
 
 /// At most this many parsed manifests are kept per store handle.
 const PARSED_CACHE_LIMIT: usize = 16_384;
@@ -242,6 +247,24 @@ impl Store {
         };
         let data = match blob.inline_bytes() {
             Some(bytes) => bytes?,
+            None if blob.size >= LOCAL_VERIFY_ONCE
+                && self.inner.backend.blob_path(&blob.digest).is_some() =>
+            {
+                let path = self.inner.backend.blob_path(&blob.digest).expect("checked");
+                let read = read_verified(&path, &blob.digest, blob.size, |file, size| {
+                    read_and_hash(Box::new(file), size)
+                })?;
+                return match read {
+                    ReadOutcome::Ok(data) => Ok(data),
+                    ReadOutcome::Missing => {
+                        Err(corrupt("the blob is missing from the store".into()))
+                    }
+                    ReadOutcome::Damaged(message) => {
+                        self.discard_blob(blob);
+                        Err(corrupt(message))
+                    }
+                };
+            }
             None => {
                 let Some(reader) = self.inner.backend.open_blob(&blob.digest)? else {
                     return Err(corrupt("the blob is missing from the store".into()));
@@ -547,6 +570,7 @@ fn read_and_hash(
     }
     // Zeroed by the allocator (fresh pages from the OS), so no extra pass over memory.
     let mut data = vec![0u8; expected as usize];
+    advise_huge_pages(&mut data);
     let mut filled = 0usize;
     let (tx, rx) = std::sync::mpsc::channel::<&[u8]>();
     let digest = std::thread::scope(|s| -> std::io::Result<Digest> {
