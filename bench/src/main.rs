@@ -18,6 +18,8 @@ use runcache::{Manifest, Store, StoreOptions, Task};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
+mod remote;
+
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
 
@@ -867,6 +869,7 @@ fn run(opts: &Opts) -> Res<()> {
     bench_store(opts, &mut buf, true, &mut rep)?;
     bench_load(opts, &buf, &mut rep)?;
     drop(buf);
+    remote::bench_remote(opts.size, opts.hit_calls, &opts.dir, &mut rep)?;
     bench_hits(opts, &mut rep)?;
     rep.0.sort_by_key(|r| r.what.as_bytes()[0]);
 
