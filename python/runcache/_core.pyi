@@ -85,6 +85,9 @@ class Store:
 def register_version(namespace: str, version: str) -> None:
     """Records the current version of a task namespace (called when a task is defined)."""
 
+def registered_version(namespace: str) -> str | None:
+    """The version registered for a task namespace in this process, if any."""
+
 # -- blobs (blob.rs) ---------------------------------------------------------------------------
 
 @final

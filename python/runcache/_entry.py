@@ -134,6 +134,14 @@ def explain_call(
         m = json.loads(text)
         status = m["status"]
         if status == "completed":
+            for dep in m.get("dependencies", []):
+                current = _core.registered_version(dep["namespace"])
+                if current is not None and current != dep["version"]:
+                    reason = (
+                        f"stale: dependency {dep['namespace']} is now version {current}, "
+                        f"the entry used version {dep['version']}; the next call recomputes it"
+                    )
+                    return Explanation(namespace, key, False, status, reason)
             return Explanation(namespace, key, True, status, "hit: a completed entry is stored")
         reason = {
             "failed": "stored as FAILED: a plain call re-raises the recorded error; mode='retry' recomputes",

@@ -200,6 +200,8 @@ def test_dependencies_are_recorded_and_a_version_bump_recomputes_users(store):
     assert outer(2) == 21
     assert calls == [("outer",), ("inner", "1")]
     inner = make_inner("2")  # the task's version is bumped
+    ex = outer.explain(2)
+    assert not ex.hit and "t.inner" in ex.reason and "version 2" in ex.reason, ex.reason
     assert outer(2) == 21
     assert calls[-2:] == [("outer",), ("inner", "2")], "outer recomputed with the new inner"
 

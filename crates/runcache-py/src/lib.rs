@@ -25,6 +25,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<store::Store>()?;
     m.add_class::<blob::Blob>()?;
     m.add_function(wrap_pyfunction!(store::register_version, m)?)?;
+    m.add_function(wrap_pyfunction!(store::registered_version, m)?)?;
     m.add_function(wrap_pyfunction!(cli::cli_main, m)?)?;
     errors::register(m)?;
     hash::register(m)?;

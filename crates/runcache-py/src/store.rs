@@ -41,6 +41,12 @@ pub fn register_version(namespace: &str, version: &str) {
         .insert(namespace.to_string(), version.to_string());
 }
 
+/// The version registered for a task namespace in this process, if any.
+#[pyfunction]
+pub fn registered_version(namespace: &str) -> Option<String> {
+    VERSIONS.lock().unwrap().get(namespace).cloned()
+}
+
 /// Why a completed entry is stale, if a dependency's registered version differs from the one it
 /// used.
 fn stale_dependency(m: &Manifest) -> Option<String> {
