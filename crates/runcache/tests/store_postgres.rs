@@ -4,20 +4,19 @@
 //! (and `PGPASSWORD`). Without it the tests are skipped, except under `CI=true`, where they fail.
 //! Every store gets its own schema, dropped at the end of its test.
 //!
-//! The process tests re-execute this binary: `child` does nothing unless `RC_CHILD_ROLE` is set.
+//! The process tests (shared with the other stores in `conformance::processes`) re-execute this
+//! binary: `child` does nothing unless `RC_CHILD_ROLE` is set.
 
 #![cfg(feature = "postgres")]
 
 mod conformance;
 
-use std::fs;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use conformance::processes::{sigkill, wait_for, Procs};
 use runcache::lease::LeaseOptions;
-use runcache::{Digest, Error, Status, Store, StoreOptions};
+use runcache::{Digest, Error, Store, StoreOptions};
 
 /// The test server's URL, or `None` (skip) when it is not set and we are not on CI.
 fn server() -> Option<String> {
@@ -98,135 +97,12 @@ fn postgres_store_conforms() {
 // ---------------------------------------------------------------------------------------------
 // Real processes
 
+/// Results of 8 MiB: several chunks, so that an upload can be cut between them.
 const BIG: usize = 8 << 20;
 
-fn options_from_env() -> StoreOptions {
-    let mut lease = LeaseOptions::default();
-    if let Ok(ms) = std::env::var("RC_TTL_MS") {
-        lease.ttl = Duration::from_millis(ms.parse().unwrap());
-        lease.heartbeat_every = lease.ttl / 4;
-    }
-    if std::env::var("RC_SAME_HOST").as_deref() == Ok("0") {
-        lease.same_host_liveness = false;
-    }
-    StoreOptions {
-        lease,
-        ..Default::default()
-    }
-}
-
-fn big_value(round: u64) -> Vec<u8> {
-    let mut v = vec![0u8; BIG];
-    for (i, b) in v.iter_mut().enumerate().step_by(4096) {
-        *b = (i as u64 ^ round) as u8;
-    }
-    v
-}
-
-/// The child side. Roles: `race` (wait for a start file, then get_or_compute quickly), `slow`
-/// (a computation with a big result, to be killed) and `upload` (a big result whose upload the
-/// parent interrupts; prints the error instead of panicking).
 #[test]
 fn child() {
-    let Ok(role) = std::env::var("RC_CHILD_ROLE") else {
-        return;
-    };
-    let store_loc = std::env::var("RC_STORE").unwrap();
-    let dir = std::path::PathBuf::from(std::env::var("RC_DIR").unwrap());
-    let round: u64 = std::env::var("RC_ROUND").unwrap().parse().unwrap();
-    let store = Store::open_with(&store_loc, options_from_env()).unwrap();
-    match role.as_str() {
-        "race" => {
-            let go = dir.join("go");
-            while !go.exists() {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            let v: u64 = store
-                .task("proc.race")
-                .get_or_compute(&round, || {
-                    append_line(&dir.join(format!("computed-{round}")));
-                    std::thread::sleep(Duration::from_millis(30));
-                    Ok::<_, String>(round * 10 + 1)
-                })
-                .unwrap();
-            println!("VALUE {v}");
-        }
-        "slow" => {
-            let compute_ms: u64 = std::env::var("RC_COMPUTE_MS").unwrap().parse().unwrap();
-            let v = store
-                .task("proc.slow")
-                .get_or_compute_bytes(&round, |_| {
-                    fs::write(dir.join(format!("started-{round}")), b"").unwrap();
-                    std::thread::sleep(Duration::from_millis(compute_ms));
-                    Ok::<_, String>(big_value(round))
-                })
-                .unwrap();
-            assert_eq!(v.len(), BIG);
-            println!("DONE");
-        }
-        "upload" => {
-            match store
-                .task("proc.upload")
-                .get_or_compute_bytes(&round, |_| Ok::<_, String>(big_value(round)))
-            {
-                Ok(_) => println!("DONE"),
-                Err(e) => {
-                    println!("ERROR: {e}");
-                    std::process::exit(3);
-                }
-            }
-        }
-        other => panic!("unknown role {other}"),
-    }
-}
-
-fn append_line(path: &Path) {
-    use std::io::Write;
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    writeln!(f, "{}", std::process::id()).unwrap();
-}
-
-fn spawn(role: &str, store: &str, dir: &Path, round: u64, env: &[(&str, String)]) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env("RC_CHILD_ROLE", role)
-        .env("RC_STORE", store)
-        .env("RC_DIR", dir)
-        .env("RC_ROUND", round.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().unwrap()
-}
-
-fn wait_for(path: &Path, limit: Duration) {
-    let t = Instant::now();
-    while !path.exists() {
-        assert!(
-            t.elapsed() < limit,
-            "timed out waiting for {}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn sigkill(child: &Child) {
-    // SAFETY: plain kill(2) on a child we spawned and have not reaped.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
-}
-
-fn next_rand(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
+    conformance::processes::child();
 }
 
 #[test]
@@ -237,54 +113,8 @@ fn eight_processes_racing_compute_once() {
         url: url.clone(),
         names: vec![schema.clone()],
     };
-    let loc = with_schema(&url, &schema);
-    Store::open(&loc).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    for round in 0..12u64 {
-        let rdir = dir.path().join(format!("r{round}"));
-        fs::create_dir(&rdir).unwrap();
-        let children: Vec<Child> = (0..8)
-            .map(|_| spawn("race", &loc, &rdir, round, &[]))
-            .collect();
-        fs::write(rdir.join("go"), b"").unwrap();
-        for c in children {
-            let out = c.wait_with_output().unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "child failed: {stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                stdout.contains(&format!("VALUE {}", round * 10 + 1)),
-                "{stdout}"
-            );
-        }
-        let computed = fs::read_to_string(rdir.join(format!("computed-{round}"))).unwrap();
-        assert_eq!(
-            computed.lines().count(),
-            1,
-            "round {round}: computed by {computed:?}"
-        );
-    }
-}
-
-/// The store holds a whole, correct entry for `round` (computed here if the killed holder left
-/// none) and `verify` finds nothing damaged.
-fn check_whole(store: &Store, round: u64) {
-    let task = store.task("proc.slow");
-    let v = task
-        .clone()
-        .wait_timeout(Duration::from_secs(60))
-        .get_or_compute_bytes(&round, |_| Ok::<_, String>(big_value(round)))
-        .unwrap();
-    assert!(v == big_value(round), "round {round}: wrong content");
-    assert_eq!(
-        task.entry(&round).unwrap().status().unwrap(),
-        Some(Status::Completed)
-    );
-    let report = store.verify(false, &|_, _, _| {}).unwrap();
-    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let p = Procs::new(&with_schema(&url, &schema), BIG);
+    conformance::processes::racing_rounds(&p, 12);
 }
 
 #[test]
@@ -295,24 +125,9 @@ fn sigkill_of_the_holder_at_random_points_never_leaves_a_partial_entry() {
         url: url.clone(),
         names: vec![schema.clone()],
     };
-    let loc = with_schema(&url, &schema);
-    let store = Store::open(&loc).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut seed = 0x9E3779B97F4A7C15u64 ^ std::process::id() as u64;
-    for round in 0..10u64 {
-        let mut child = spawn(
-            "slow",
-            &loc,
-            dir.path(),
-            round,
-            &[("RC_COMPUTE_MS", "40".into())],
-        );
-        // Anywhere from before the lease to after the commit (the 8 MiB upload included).
-        std::thread::sleep(Duration::from_millis(next_rand(&mut seed) % 500));
-        sigkill(&child);
-        let _ = child.wait();
-        check_whole(&store, round);
-    }
+    let p = Procs::new(&with_schema(&url, &schema), BIG);
+    // Anywhere from before the lease to after the commit (the 8 MiB upload included).
+    conformance::processes::sigkill_rounds(&p, 10, 500);
 }
 
 /// Without the same-host shortcut, a SIGKILLed holder is taken over once its heartbeat has been
@@ -325,17 +140,18 @@ fn sigkilled_holder_is_taken_over_by_lease_expiry() {
         url: url.clone(),
         names: vec![schema.clone()],
     };
-    let loc = with_schema(&url, &schema);
+    let p = Procs::new(&with_schema(&url, &schema), BIG);
+    let loc = p.location.as_str();
     let dir = tempfile::tempdir().unwrap();
     let env = [
         ("RC_COMPUTE_MS", "60000".to_string()),
         ("RC_TTL_MS", "600".to_string()),
         ("RC_SAME_HOST", "0".to_string()),
     ];
-    let mut child = spawn("slow", &loc, dir.path(), 1, &env);
+    let mut child = p.spawn("slow", dir.path(), 1, &env);
     wait_for(&dir.path().join("started-1"), Duration::from_secs(60));
     let store = Store::open_with(
-        &loc,
+        loc,
         StoreOptions {
             lease: LeaseOptions {
                 same_host_liveness: false,
@@ -354,7 +170,7 @@ fn sigkilled_holder_is_taken_over_by_lease_expiry() {
     assert_eq!(held.record.as_ref().unwrap().pid, child.id());
     sigkill(&child);
     let _ = child.wait();
-    check_whole(&store, 1);
+    p.check_whole(&store, 1);
 }
 
 /// The connection of a process uploading a result is killed by the server mid-upload
@@ -368,10 +184,10 @@ fn connection_killed_mid_upload_leaves_nothing_and_the_next_call_recomputes() {
         url: url.clone(),
         names: vec![schema.clone()],
     };
-    let loc = with_schema(&url, &schema);
-    let store = Store::open(&loc).unwrap();
+    let p = Procs::new(&with_schema(&url, &schema), BIG);
+    let store = Store::open(&p.location).unwrap();
     let round = 5u64;
-    let value = big_value(round);
+    let value = p.big_value(round);
     let digest = Digest::of(&value);
     let d = &digest.as_bytes()[..];
 
@@ -387,7 +203,7 @@ fn connection_killed_mid_upload_leaves_nothing_and_the_next_call_recomputes() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut child = spawn("upload", &loc, dir.path(), round, &[]);
+    let mut child = p.spawn("upload", dir.path(), round, &[]);
     let blocker: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     // Watched from another session: pg_stat_activity is a snapshot fixed for a transaction.
     let mut watcher = admin(&url);

@@ -6,8 +6,8 @@
 //! Without `RUNCACHE_TEST_S3` every test here is skipped with a message, except on CI
 //! (`CI=true`), where a missing service is an error.
 //!
-//! The test binary re-executes itself for the multi-process tests: `child` below does nothing
-//! unless `RC_CHILD_ROLE` is set.
+//! The test binary re-executes itself for the multi-process tests (shared with the other stores
+//! in `conformance::processes`): `child` below does nothing unless `RC_CHILD_ROLE` is set.
 
 #![cfg(feature = "s3")]
 
@@ -17,13 +17,11 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use runcache::lease::LeaseOptions;
+use conformance::processes::Procs;
 use runcache::{Digest, Error, Status, Store, StoreOptions};
 
 /// The service's base location, or `None` (skip) when it is not running outside CI.
@@ -344,197 +342,35 @@ fn a_server_ignoring_conditional_writes_is_refused_unless_best_effort() {
 // ---------------------------------------------------------------------------------------------
 // Real processes.
 
+/// Results of 12 MiB: with `multipart_mib=5`, a multipart upload that can be killed midway.
 const BIG: usize = 12 << 20;
 
-fn options_from_env() -> StoreOptions {
-    let mut lease = LeaseOptions::default();
-    if let Ok(ms) = std::env::var("RC_TTL_MS") {
-        lease.ttl = Duration::from_millis(ms.parse().unwrap());
-        lease.heartbeat_every = lease.ttl / 4;
-    }
-    StoreOptions {
-        lease,
-        ..Default::default()
-    }
+/// Processes on `location`, waiting up to 120 s for a lease.
+fn procs(location: &str) -> Procs {
+    Procs::new(location, BIG).wait(Duration::from_secs(120))
 }
 
-fn big_value(round: u64) -> Vec<u8> {
-    let mut v = vec![0u8; BIG];
-    for (i, b) in v.iter_mut().enumerate().step_by(4096) {
-        *b = (i as u64 ^ round) as u8;
-    }
-    v
-}
-
-/// The child side. Roles: `race` (wait for a start signal, then get_or_compute quickly) and
-/// `slow` (a computation with a big result, to be killed).
 #[test]
 fn child() {
-    let Ok(role) = std::env::var("RC_CHILD_ROLE") else {
-        return;
-    };
-    let store_loc = std::env::var("RC_STORE").unwrap();
-    let dir = PathBuf::from(std::env::var("RC_DIR").unwrap());
-    let round: u64 = std::env::var("RC_ROUND").unwrap().parse().unwrap();
-    let store = Store::open_with(&store_loc, options_from_env()).unwrap();
-    match role.as_str() {
-        "race" => {
-            let go = dir.join("go");
-            while !go.exists() {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            let v: u64 = store
-                .task("s3proc.race")
-                .get_or_compute(&round, || {
-                    append_line(&dir.join(format!("computed-{round}")));
-                    std::thread::sleep(Duration::from_millis(30));
-                    Ok::<_, String>(round * 10 + 1)
-                })
-                .unwrap();
-            println!("VALUE {v}");
-        }
-        "slow" => {
-            let compute_ms: u64 = std::env::var("RC_COMPUTE_MS").unwrap().parse().unwrap();
-            let v = store
-                .task("s3proc.slow")
-                .get_or_compute_bytes(&round, |_| {
-                    fs::write(dir.join(format!("started-{round}")), b"").unwrap();
-                    std::thread::sleep(Duration::from_millis(compute_ms));
-                    Ok::<_, String>(big_value(round))
-                })
-                .unwrap();
-            assert_eq!(v.len(), BIG);
-            println!("DONE");
-        }
-        other => panic!("unknown role {other}"),
-    }
-}
-
-fn append_line(path: &Path) {
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    writeln!(f, "{}", std::process::id()).unwrap();
-}
-
-fn spawn(role: &str, store: &str, dir: &Path, round: u64, env: &[(&str, String)]) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env("RC_CHILD_ROLE", role)
-        .env("RC_STORE", store)
-        .env("RC_DIR", dir)
-        .env("RC_ROUND", round.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().unwrap()
-}
-
-fn next_rand(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
+    conformance::processes::child();
 }
 
 #[test]
 fn eight_processes_racing_on_s3_compute_once() {
     let Some(base) = service() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let loc = fresh(&base, "race", "");
-    Store::open(&loc).unwrap();
-    for round in 0..10u64 {
-        let rdir = dir.path().join(format!("r{round}"));
-        fs::create_dir(&rdir).unwrap();
-        let children: Vec<Child> = (0..8)
-            .map(|_| spawn("race", &loc, &rdir, round, &[]))
-            .collect();
-        fs::write(rdir.join("go"), b"").unwrap();
-        for c in children {
-            let out = c.wait_with_output().unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "child failed: {stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                stdout.contains(&format!("VALUE {}", round * 10 + 1)),
-                "{stdout}"
-            );
-        }
-        let computed = fs::read_to_string(rdir.join(format!("computed-{round}"))).unwrap();
-        assert_eq!(
-            computed.lines().count(),
-            1,
-            "round {round}: computed by {computed:?}"
-        );
-    }
-}
-
-/// Checks that the store holds a whole, correct entry for `round` (computing it if the killed
-/// holder left none) and that `verify` finds nothing damaged.
-fn check_whole(store: &Store, round: u64) {
-    let task = store.task("s3proc.slow");
-    let v = task
-        .clone()
-        .wait_timeout(Duration::from_secs(120))
-        .get_or_compute_bytes(&round, |_| Ok::<_, String>(big_value(round)))
-        .unwrap();
-    assert!(v == big_value(round), "round {round}: wrong content");
-    let status = task.entry(&round).unwrap().status().unwrap();
-    assert_eq!(status, Some(Status::Completed));
-    let report = store.verify(false, &|_, _, _| {}).unwrap();
-    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    conformance::processes::racing_rounds(&procs(&fresh(&base, "race", "")), 10);
 }
 
 #[test]
 fn sigkill_of_the_holder_is_taken_over_and_the_entry_completes() {
     let Some(base) = service() else { return };
-    let dir = tempfile::tempdir().unwrap();
     // Small parts so that a 12 MiB result is a multipart upload that can be killed midway.
-    let loc = fresh(&base, "kill", "&multipart_mib=5");
-    let store = Store::open(&loc).unwrap();
-    let mut seed = 0x9E3779B97F4A7C15u64 ^ std::process::id() as u64;
-    for round in 0..6u64 {
-        let mut child = spawn(
-            "slow",
-            &loc,
-            dir.path(),
-            round,
-            &[("RC_COMPUTE_MS", "40".into())],
-        );
-        // Kill anywhere from before the lease to after the commit (the upload included).
-        let delay = next_rand(&mut seed) % 1500;
-        std::thread::sleep(Duration::from_millis(delay));
-        // SAFETY: plain kill(2) on a child we spawned and have not reaped.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
-        let _ = child.wait();
-        check_whole(&store, round);
-    }
+    let p = procs(&fresh(&base, "kill", "&multipart_mib=5"));
+    // Kill anywhere from before the lease to after the commit (the upload included).
+    conformance::processes::sigkill_rounds(&p, 6, 1500);
     // And once for certain while holding the lease mid-computation: the taker (same host,
     // dead pid) recomputes at once.
-    let mut child = spawn(
-        "slow",
-        &loc,
-        dir.path(),
-        99,
-        &[("RC_COMPUTE_MS", "60000".into())],
-    );
-    let started = dir.path().join("started-99");
-    let t = Instant::now();
-    while !started.exists() {
-        assert!(t.elapsed() < Duration::from_secs(60), "child never started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
-    let _ = child.wait();
-    check_whole(&store, 99);
+    conformance::processes::sigkill_mid_computation(&p, 99);
 }
 
 // ---------------------------------------------------------------------------------------------

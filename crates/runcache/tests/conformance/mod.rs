@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod processes;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
