@@ -21,8 +21,6 @@ from runcache._entry import Entry, Explanation, explain_call
 
 R = TypeVar("R")
 
-_TASK_OPTIONS = {"store", "mode", "mmap", "wait_timeout", "sync", "lease_ttl"}
-
 
 class Terminated(BaseException):
     """Raised inside a running task when the process receives SIGTERM: the entry is recorded as

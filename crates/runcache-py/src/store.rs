@@ -183,7 +183,7 @@ impl Store {
             task.get_or_compute_keyed(key, &doc_fn, &codec, |ctx| {
                 computed.store(true, Ordering::Relaxed);
                 Python::attach(|py| {
-                    run_compute(py, &compute, ctx, interrupt_types.as_ref()).map_err(|err| {
+                    run_compute(py, &compute, ctx).map_err(|err| {
                         let failure = describe(py, &err, interrupt_types.as_ref());
                         *stash.lock().unwrap() = Some(err);
                         failure
@@ -260,43 +260,8 @@ impl Store {
     /// A verified local file holding artifact `name` of entry `key`.
     fn artifact_file(&self, py: Python<'_>, key: &str, name: &str) -> PyResult<PathBuf> {
         let key = parse_key(key)?;
-        py.detach(|| -> runcache::Result<PathBuf> {
-            let m = self
-                .inner
-                .manifest(&key)?
-                .ok_or_else(|| runcache::Error::NotFound {
-                    namespace: "-".into(),
-                    key: key.to_hex(),
-                    hint: String::new(),
-                })?;
-            let a = m.artifacts.iter().find(|a| a.name == name).ok_or_else(|| {
-                runcache::Error::Invalid(format!(
-                    "entry {key} has no artifact `{name}`; it has: {}",
-                    m.artifacts
-                        .iter()
-                        .map(|a| a.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
-            let blob = runcache::manifest::BlobRef {
-                role: format!("artifact:{name}"),
-                digest: a.digest,
-                size: a.size,
-                inline: None,
-            };
-            // Verify, then hand out the store's file (or a scratch copy for remote stores).
-            let data = self.inner.read_blob(&key, &blob)?;
-            if let Some(path) = self.inner.backend().blob_path(&a.digest) {
-                return Ok(path);
-            }
-            let dir = self.inner.backend().scratch_dir().join("artifacts-out");
-            std::fs::create_dir_all(&dir).map_err(|e| runcache::Error::io(&dir, e))?;
-            let path = dir.join(a.digest.to_hex());
-            std::fs::write(&path, data).map_err(|e| runcache::Error::io(&path, e))?;
-            Ok(path)
-        })
-        .map_err(to_py)
+        py.detach(|| self.inner.artifact_file(&key, name))
+            .map_err(to_py)
     }
 
     /// Evicts least-recently-used entries; returns a JSON report.
@@ -328,7 +293,6 @@ fn run_compute(
     py: Python<'_>,
     compute: &Py<PyAny>,
     ctx: &mut runcache::Context,
-    _interrupts: Option<&Py<PyTuple>>,
 ) -> PyResult<Outcome> {
     let out = compute.call0(py)?;
     let out = out.bind(py);

@@ -94,13 +94,7 @@ fn blob_files_are_sharded_and_temp_files_never_linger() {
 }
 
 #[test]
-fn read_only_store_serves_hits() {
-    if unsafe { libc_geteuid() } == 0 {
-        eprintln!(
-            "skipping read-only directory test: running as root, permissions are not enforced"
-        );
-        return;
-    }
+fn read_only_store_serves_hits_and_never_writes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s");
     let store = Store::open(path.to_str().unwrap()).unwrap();
@@ -108,28 +102,28 @@ fn read_only_store_serves_hits() {
         .task("ro")
         .get_or_compute(&1, || Ok::<_, String>(5u8))
         .unwrap();
-    set_mode_recursive(&path, 0o555);
-    let store = Store::open(path.to_str().unwrap()).unwrap();
-    let v: u8 = store
+    let snapshot = || {
+        let mut files: Vec<_> = walk(&path)
+            .into_iter()
+            .map(|p| (p.clone(), fs::metadata(&p).unwrap().modified().unwrap()))
+            .collect();
+        files.sort();
+        files
+    };
+    let before = snapshot();
+    let ro = Store::open(&format!("{}?readonly=true", path.display())).unwrap();
+    let v: u8 = ro
         .task("ro")
         .get_or_compute(&1, || Err::<u8, _>("must hit"))
         .unwrap();
     assert_eq!(v, 5);
-    set_mode_recursive(&path, 0o755);
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
-fn set_mode_recursive(p: &std::path::Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    for f in walk(p) {
-        let m = if f.is_dir() { mode } else { mode & 0o444 };
-        fs::set_permissions(&f, fs::Permissions::from_mode(m)).unwrap();
-    }
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    ro.flush_usage();
+    let err = ro
+        .task("ro")
+        .get_or_compute(&2, || Ok::<_, String>(6u8))
+        .unwrap_err();
+    assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+    assert_eq!(snapshot(), before, "a read-only store was written");
 }
 
 fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {

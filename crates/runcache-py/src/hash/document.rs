@@ -8,7 +8,7 @@
 //! `{"$int": "0x..."}` for integers beyond 128 bits, and `{"$<type name>": payload}` for every
 //! other typed value (`{"$dataclass:pkg.Config": {...}}`, `{"$datetime.date": "2024-01-31"}`).
 
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
 use runcache::key::canonical as c;
 
@@ -18,14 +18,25 @@ const INLINE_BYTES_MAX: usize = 64;
 /// The document of one canonical value. `None` if the bytes are malformed (never for bytes
 /// the encoder produced).
 pub(crate) fn to_document(bytes: &[u8]) -> Option<Value> {
-    let mut r = Reader { b: bytes, pos: 0 };
+    let mut r = Reader(c::Reader::new(bytes));
     let v = r.value()?;
-    (r.pos == bytes.len()).then_some(v)
+    r.is_done().then_some(v)
 }
 
-struct Reader<'b> {
-    b: &'b [u8],
-    pos: usize,
+/// The engine's canonical reader, plus the decoding of values into a document.
+struct Reader<'b>(c::Reader<'b>);
+
+impl<'b> std::ops::Deref for Reader<'b> {
+    type Target = c::Reader<'b>;
+    fn deref(&self) -> &c::Reader<'b> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reader<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 fn blob(kind: &str, len: u64, digest: &[u8]) -> Value {
@@ -50,49 +61,7 @@ fn hex(b: &[u8]) -> String {
     s
 }
 
-fn float(v: f64) -> Value {
-    match Number::from_f64(v) {
-        Some(n) => Value::Number(n),
-        None if v.is_nan() => Value::from("NaN"),
-        None if v > 0.0 => Value::from("inf"),
-        None => Value::from("-inf"),
-    }
-}
-
-fn insert_unique(map: &mut Map<String, Value>, key: String, value: Value) {
-    if !map.contains_key(&key) {
-        map.insert(key, value);
-        return;
-    }
-    let mut n = 2u64;
-    loop {
-        let candidate = format!("{key} #{n}");
-        if !map.contains_key(&candidate) {
-            map.insert(candidate, value);
-            return;
-        }
-        n += 1;
-    }
-}
-
-impl<'b> Reader<'b> {
-    fn take(&mut self, n: usize) -> Option<&'b [u8]> {
-        let end = self.pos.checked_add(n)?;
-        let s = self.b.get(self.pos..end)?;
-        self.pos = end;
-        Some(s)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|s| s[0])
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn len_bytes(&mut self) -> Option<&'b [u8]> {
-        let n = usize::try_from(self.u64()?).ok()?;
-        self.take(n)
-    }
-
+impl Reader<'_> {
     fn value(&mut self) -> Option<Value> {
         Some(match self.u8()? {
             c::TAG_NULL => Value::Null,
@@ -116,11 +85,11 @@ impl<'b> Reader<'b> {
             c::TAG_F32 => {
                 let v = f32::from_bits(u32::from_le_bytes(self.take(4)?.try_into().ok()?));
                 match v.to_string().parse::<f64>() {
-                    Ok(w) if v.is_finite() => float(w),
-                    _ => float(f64::from(v)),
+                    Ok(w) if v.is_finite() => c::float_json(w),
+                    _ => c::float_json(f64::from(v)),
                 }
             }
-            c::TAG_F64 => float(f64::from_bits(u64::from_le_bytes(
+            c::TAG_F64 => c::float_json(f64::from_bits(u64::from_le_bytes(
                 self.take(8)?.try_into().ok()?,
             ))),
             c::TAG_STR => Value::from(std::str::from_utf8(self.len_bytes()?).ok()?),
@@ -149,11 +118,9 @@ impl<'b> Reader<'b> {
                 let n = self.u64()?;
                 let mut map = Map::new();
                 for _ in 0..n {
-                    let start = self.pos;
-                    self.pos = c::skip_value(self.b, self.pos)?;
-                    let key = c::render_key(&self.b[start..self.pos]);
+                    let key = c::render_key(self.skip_value()?);
                     let v = self.value()?;
-                    insert_unique(&mut map, key, v);
+                    c::insert_unique(&mut map, key, v);
                 }
                 Value::Object(map)
             }

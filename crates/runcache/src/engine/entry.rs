@@ -96,24 +96,14 @@ impl Entry {
 
     /// Reads one artifact, verifying it.
     pub fn read_artifact(&self, name: &str) -> Result<Vec<u8>> {
-        let m = self.completed()?;
-        let a = m.artifacts.iter().find(|a| a.name == name).ok_or_else(|| {
-            Error::Invalid(format!(
-                "entry {} has no artifact `{name}`; it has: {}",
-                self.key,
-                m.artifacts
-                    .iter()
-                    .map(|a| a.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
-        let blob = crate::manifest::BlobRef {
-            role: format!("artifact:{name}"),
-            digest: a.digest,
-            size: a.size,
-            inline: None,
-        };
-        self.store.read_blob(&self.key, &blob)
+        self.completed()?;
+        self.store.read_artifact(&self.key, name)
+    }
+
+    /// A verified local file holding one artifact (the store's own file when the store is
+    /// local, else a copy in its scratch directory).
+    pub fn artifact_file(&self, name: &str) -> Result<std::path::PathBuf> {
+        self.completed()?;
+        self.store.artifact_file(&self.key, name)
     }
 }

@@ -490,6 +490,49 @@ impl Store {
         Ok(existed)
     }
 
+    /// The blob reference of artifact `name` of entry `key`; an unknown name is an error that
+    /// lists the artifacts the entry has.
+    fn artifact_blob(&self, key: &Key, name: &str) -> Result<BlobRef> {
+        let m = self.manifest(key)?.ok_or_else(|| Error::NotFound {
+            namespace: "-".into(),
+            key: key.to_hex(),
+            hint: String::new(),
+        })?;
+        let a = m.artifacts.iter().find(|a| a.name == name).ok_or_else(|| {
+            let names: Vec<&str> = m.artifacts.iter().map(|a| a.name.as_str()).collect();
+            Error::Invalid(format!(
+                "entry {key} has no artifact `{name}`; it has: {}",
+                names.join(", ")
+            ))
+        })?;
+        Ok(BlobRef {
+            role: format!("artifact:{name}"),
+            digest: a.digest,
+            size: a.size,
+            inline: None,
+        })
+    }
+
+    /// Reads artifact `name` of entry `key`, verified.
+    pub fn read_artifact(&self, key: &Key, name: &str) -> Result<Vec<u8>> {
+        self.read_blob(key, &self.artifact_blob(key, name)?)
+    }
+
+    /// A verified local file holding artifact `name` of entry `key`: the store's own file when
+    /// the backend keeps blobs as files, else a copy in its scratch directory.
+    pub fn artifact_file(&self, key: &Key, name: &str) -> Result<std::path::PathBuf> {
+        let blob = self.artifact_blob(key, name)?;
+        let data = self.read_blob(key, &blob)?;
+        if let Some(path) = self.inner.backend.blob_path(&blob.digest) {
+            return Ok(path);
+        }
+        let dir = self.inner.backend.scratch_dir().join("artifacts-out");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let path = dir.join(blob.digest.to_hex());
+        std::fs::write(&path, data).map_err(|e| Error::io(&path, e))?;
+        Ok(path)
+    }
+
     /// Every entry in the store with its manifest and last use.
     pub fn entries(&self) -> Result<Vec<EntryInfo>> {
         let mut out = Vec::new();

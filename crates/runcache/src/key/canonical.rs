@@ -12,6 +12,8 @@
 use super::encode;
 use crate::digest::Digest;
 
+pub use super::document::{float_json, insert_unique};
+pub use super::encode::Reader;
 pub use super::encode::{
     TAG_BOOL, TAG_BYTES, TAG_DIGEST, TAG_F32, TAG_F64, TAG_INT, TAG_MAP, TAG_NULL, TAG_SEQ,
     TAG_SOME, TAG_STR, TAG_VARIANT,
@@ -165,12 +167,6 @@ pub fn render_key(bytes: &[u8]) -> String {
     encode::render_key(bytes)
 }
 
-/// Reads one encoded value starting at `pos` and returns the position just after it, or `None`
-/// if the bytes are malformed. Lets decoders of the canonical form skip over values.
-pub fn skip_value(bytes: &[u8], pos: usize) -> Option<usize> {
-    encode::skip_value(bytes, pos)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -292,8 +288,8 @@ mod tests {
         write_f64(&mut out, 2.5);
         end_seq(&mut out, pos, 2);
         assert_eq!(render(&out), "tuple([1,2.5])");
-        assert_eq!(skip_value(&out, 0), Some(out.len()));
-        assert_eq!(skip_value(&out[..out.len() - 1], 0), None);
+        assert_eq!(Reader::new(&out).skip_value(), Some(&out[..]));
+        assert_eq!(Reader::new(&out[..out.len() - 1]).skip_value(), None);
         assert_eq!(out[0], 0x0D);
     }
 

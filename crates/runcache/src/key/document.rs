@@ -30,7 +30,8 @@ fn blob(kind: &str, digest: &Digest, len: u64) -> Value {
     Value::Object(outer)
 }
 
-fn float(v: f64) -> Value {
+/// A float in a key document: a JSON number, or `"NaN"`, `"inf"`, `"-inf"`.
+pub fn float_json(v: f64) -> Value {
     match Number::from_f64(v) {
         Some(n) => Value::Number(n),
         None if v.is_nan() => Value::from("NaN"),
@@ -47,7 +48,7 @@ fn variant(name: &str, payload: Value) -> Value {
 
 /// Inserts `key` into `map`; if a different canonical key rendered to the same text, the later
 /// one is suffixed ` #2`, ` #3`, ... so nothing is lost.
-fn insert_unique(map: &mut Map<String, Value>, key: String, value: Value) {
+pub fn insert_unique(map: &mut Map<String, Value>, key: String, value: Value) {
     if !map.contains_key(&key) {
         map.insert(key, value);
         return;
@@ -120,12 +121,12 @@ impl ser::Serializer for Doc {
     fn serialize_f32(self, v: f32) -> Result<Value, EncodeError> {
         // Via the shortest decimal of the f32, so 0.1f32 reads 0.1, not 0.10000000149011612.
         Ok(match v.to_string().parse::<f64>() {
-            Ok(w) if v.is_finite() => float(w),
-            _ => float(f64::from(v)),
+            Ok(w) if v.is_finite() => float_json(w),
+            _ => float_json(f64::from(v)),
         })
     }
     fn serialize_f64(self, v: f64) -> Result<Value, EncodeError> {
-        Ok(float(v))
+        Ok(float_json(v))
     }
     fn serialize_char(self, v: char) -> Result<Value, EncodeError> {
         Ok(Value::from(v.to_string()))

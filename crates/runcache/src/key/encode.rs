@@ -499,7 +499,7 @@ impl ser::SerializeStructVariant for MapEncoder<'_, '_> {
 /// map keys in key documents.
 pub(crate) fn render(bytes: &[u8]) -> String {
     let mut out = String::new();
-    let mut r = Reader { b: bytes, pos: 0 };
+    let mut r = Reader::new(bytes);
     if r.value(&mut out).is_none() || r.pos != bytes.len() {
         out.push('?');
     }
@@ -509,7 +509,7 @@ pub(crate) fn render(bytes: &[u8]) -> String {
 /// Renders an encoded map key for a key document: a string key as itself, anything else as
 /// [`render`] does.
 pub(crate) fn render_key(bytes: &[u8]) -> String {
-    let mut r = Reader { b: bytes, pos: 0 };
+    let mut r = Reader::new(bytes);
     if r.u8() == Some(TAG_STR) {
         if let Some(s) = r.len_bytes().and_then(|b| std::str::from_utf8(b).ok()) {
             if r.pos == bytes.len() {
@@ -520,34 +520,51 @@ pub(crate) fn render_key(bytes: &[u8]) -> String {
     render(bytes)
 }
 
-/// The position just after the encoded value that starts at `pos`, or `None` if malformed.
-pub(crate) fn skip_value(bytes: &[u8], pos: usize) -> Option<usize> {
-    let mut r = Reader { b: bytes, pos };
-    r.skip()?;
-    Some(r.pos)
-}
-
-struct Reader<'b> {
+/// A cursor over canonical bytes, for code that decodes them (key documents, renderers). Every
+/// read returns `None` past the end instead of panicking.
+pub struct Reader<'b> {
     b: &'b [u8],
     pos: usize,
 }
 
 impl<'b> Reader<'b> {
-    fn take(&mut self, n: usize) -> Option<&'b [u8]> {
+    /// A reader at the start of `bytes`.
+    pub fn new(bytes: &'b [u8]) -> Self {
+        Reader { b: bytes, pos: 0 }
+    }
+    /// The offset of the next unread byte.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+    /// True once every byte has been read.
+    pub fn is_done(&self) -> bool {
+        self.pos == self.b.len()
+    }
+    /// The next `n` bytes.
+    pub fn take(&mut self, n: usize) -> Option<&'b [u8]> {
         let end = self.pos.checked_add(n)?;
         let s = self.b.get(self.pos..end)?;
         self.pos = end;
         Some(s)
     }
-    fn u8(&mut self) -> Option<u8> {
+    /// The next byte (a tag, a sign, a bool).
+    pub fn u8(&mut self) -> Option<u8> {
         self.take(1).map(|s| s[0])
     }
-    fn u64(&mut self) -> Option<u64> {
+    /// The next u64 LE (a length or a count).
+    pub fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
-    fn len_bytes(&mut self) -> Option<&'b [u8]> {
+    /// A u64 LE length and that many bytes.
+    pub fn len_bytes(&mut self) -> Option<&'b [u8]> {
         let n = usize::try_from(self.u64()?).ok()?;
         self.take(n)
+    }
+    /// Skips one whole encoded value and returns its bytes.
+    pub fn skip_value(&mut self) -> Option<&'b [u8]> {
+        let start = self.pos;
+        self.skip()?;
+        Some(&self.b[start..self.pos])
     }
 
     fn skip(&mut self) -> Option<()> {
