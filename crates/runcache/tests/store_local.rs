@@ -310,3 +310,78 @@ fn parsed_manifest_cache_sees_replacement_and_deletion_by_others() {
     assert!(ta.entry(&1).unwrap().info().unwrap().is_none());
     assert_eq!(ta.get_or_compute(&1, || Ok::<_, String>(9u32)).unwrap(), 9);
 }
+
+#[test]
+fn records_are_files_under_records_and_leave_no_temp_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s");
+    for sync in [false, true] {
+        let store = Store::open(&format!("{}?sync={sync}", root.display())).unwrap();
+        let b = store.backend();
+        for i in 0..20u32 {
+            b.put_record("sweep", "run-1", format!("version {i}").as_bytes())
+                .unwrap();
+            b.put_record("sweep", &format!("r{i}"), b"x").unwrap();
+        }
+        assert_eq!(
+            fs::read(root.join("records/sweep/run-1")).unwrap(),
+            b"version 19"
+        );
+        // A temp file of a writer still at work (or killed) is not a record.
+        fs::write(root.join("records/sweep/.tmp-1-abc"), b"partial").unwrap();
+        assert_eq!(b.list_records("sweep").unwrap().len(), 21);
+        fs::remove_file(root.join("records/sweep/.tmp-1-abc")).unwrap();
+        for i in 0..20u32 {
+            assert!(b.delete_record("sweep", &format!("r{i}")).unwrap());
+        }
+        assert_eq!(b.list_records("sweep").unwrap(), ["run-1"]);
+        let leftovers: Vec<_> = walk(&root)
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".tmp-")
+            })
+            .collect();
+        assert!(leftovers.is_empty(), "sync={sync}: {leftovers:?}");
+        assert_eq!(
+            fs::read_dir(root.join("records/sweep")).unwrap().count(),
+            1,
+            "sync={sync}"
+        );
+    }
+}
+
+#[test]
+fn read_only_store_reads_records_and_refuses_to_change_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let store = Store::open(path.to_str().unwrap()).unwrap();
+    store.backend().put_record("sweep", "a", b"one").unwrap();
+    let sorted_walk = |p: &std::path::Path| {
+        let mut files = walk(p);
+        files.sort();
+        files
+    };
+    let files_before = sorted_walk(&path);
+    let ro = Store::open(&format!("{}?readonly=true", path.display())).unwrap();
+    let b = ro.backend();
+    assert_eq!(b.get_record("sweep", "a").unwrap().unwrap(), b"one");
+    assert_eq!(b.list_records("sweep").unwrap(), ["a"]);
+    let err = b.put_record("sweep", "a", b"two").unwrap_err();
+    assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+    let err = b.put_record("sweep", "new", b"two").unwrap_err();
+    assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+    let err = b.delete_record("sweep", "a").unwrap_err();
+    assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+    // A bad name is still a bad name, even on a read-only store.
+    let err = b.put_record("sweep", "../a", b"x").unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+    assert_eq!(fs::read(path.join("records/sweep/a")).unwrap(), b"one");
+    assert_eq!(
+        sorted_walk(&path),
+        files_before,
+        "a read-only store was written"
+    );
+}

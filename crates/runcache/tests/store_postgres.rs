@@ -312,6 +312,77 @@ fn newer_schema_version_is_refused_with_a_clear_message() {
 }
 
 #[test]
+fn a_current_schema_without_the_records_table_gets_it_on_open() {
+    let Some(url) = server() else { return };
+    let schema = fresh_schema("records");
+    let _cleanup = Schemas {
+        url: url.clone(),
+        names: vec![schema.clone()],
+    };
+    let loc = with_schema(&url, &schema);
+    let store = Store::open(&loc).unwrap();
+    store
+        .task("old")
+        .get_or_compute(&1, || Ok::<_, String>(1u8))
+        .unwrap();
+    drop(store);
+    // As an engine from before records left it: version 1, no records table.
+    let mut admin = admin(&url);
+    admin
+        .batch_execute(&format!("DROP TABLE \"{schema}\".records"))
+        .unwrap();
+
+    // A role that may not create tables in the schema still opens the store; only records fail.
+    admin
+        .batch_execute(&format!(
+            "REVOKE CREATE ON SCHEMA \"{schema}\" FROM CURRENT_USER"
+        ))
+        .unwrap();
+    let limited = Store::open(&loc).unwrap();
+    assert_eq!(
+        limited
+            .task("old")
+            .get_or_compute(&1, || Err::<u8, _>("must hit"))
+            .unwrap(),
+        1
+    );
+    let err = limited
+        .backend()
+        .put_record("sweep", "a", b"x")
+        .unwrap_err();
+    assert!(err.to_string().contains("records"), "{err}");
+    drop(limited);
+    admin
+        .batch_execute(&format!(
+            "GRANT CREATE ON SCHEMA \"{schema}\" TO CURRENT_USER"
+        ))
+        .unwrap();
+
+    let store = Store::open(&loc).unwrap();
+    store.backend().put_record("sweep", "a", b"x").unwrap();
+    assert_eq!(
+        store.backend().get_record("sweep", "a").unwrap(),
+        Some(b"x".to_vec())
+    );
+    assert_eq!(
+        store
+            .task("old")
+            .get_or_compute(&1, || Err::<u8, _>("must hit"))
+            .unwrap(),
+        1,
+        "the existing entries are untouched"
+    );
+    let version: String = admin
+        .query_one(
+            &format!("SELECT value FROM \"{schema}\".runcache_meta WHERE name = 'schema_version'"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, "1", "adding the table needs no version bump");
+}
+
+#[test]
 fn unreachable_server_is_a_clear_error_without_the_password() {
     // Needs no server: a port nobody listens on.
     let port = {

@@ -187,6 +187,82 @@ fn read_only_tier_is_never_written() {
 }
 
 #[test]
+fn records_live_on_the_tier_holding_the_leases() {
+    let local = tempfile::tempdir().unwrap();
+    let team = tempfile::tempdir().unwrap();
+    let tiered = Store::open_tiered(&[s(local.path()), s(team.path())]).unwrap();
+    let b = tiered.backend();
+    b.put_record("sweep", "s1", b"one").unwrap();
+    // Written to the shared (farthest writable) tier only, never copied into the local one.
+    let team_alone = Store::open(s(team.path())).unwrap();
+    let local_alone = Store::open(s(local.path())).unwrap();
+    assert_eq!(
+        team_alone.backend().get_record("sweep", "s1").unwrap(),
+        Some(b"one".to_vec())
+    );
+    assert_eq!(
+        local_alone.backend().get_record("sweep", "s1").unwrap(),
+        None
+    );
+    // Reads go there too: a record another machine changed in the team store is seen, and a
+    // stale copy in the local tier is never read.
+    team_alone
+        .backend()
+        .put_record("sweep", "s1", b"two")
+        .unwrap();
+    local_alone
+        .backend()
+        .put_record("sweep", "s1", b"stale")
+        .unwrap();
+    local_alone
+        .backend()
+        .put_record("sweep", "local-only", b"x")
+        .unwrap();
+    assert_eq!(b.get_record("sweep", "s1").unwrap(), Some(b"two".to_vec()));
+    assert_eq!(b.list_records("sweep").unwrap(), ["s1"]);
+    assert!(b.delete_record("sweep", "s1").unwrap());
+    assert_eq!(
+        team_alone.backend().get_record("sweep", "s1").unwrap(),
+        None
+    );
+    assert_eq!(
+        local_alone.backend().get_record("sweep", "s1").unwrap(),
+        Some(b"stale".to_vec())
+    );
+
+    // With a read-only team tier the local tier is the shared one and holds the records.
+    team_alone
+        .backend()
+        .put_record("sweep", "t", b"team")
+        .unwrap();
+    let team_ro = format!("{}?readonly=true", s(team.path()));
+    let ro_team = Store::open_tiered(&[s(local.path()), &team_ro]).unwrap();
+    assert_eq!(ro_team.backend().get_record("sweep", "t").unwrap(), None);
+    assert_eq!(
+        ro_team.backend().list_records("sweep").unwrap(),
+        ["local-only", "s1"]
+    );
+    ro_team.backend().put_record("sweep", "n", b"new").unwrap();
+    assert_eq!(
+        local_alone.backend().get_record("sweep", "n").unwrap(),
+        Some(b"new".to_vec())
+    );
+    assert_eq!(team_alone.backend().get_record("sweep", "n").unwrap(), None);
+
+    // Every tier read-only: records are read from the farthest tier, writes are refused.
+    let local_ro = format!("{}?readonly=true", s(local.path()));
+    let all_ro = Store::open_tiered(&[&local_ro, &team_ro]).unwrap();
+    assert_eq!(
+        all_ro.backend().get_record("sweep", "t").unwrap(),
+        Some(b"team".to_vec())
+    );
+    let err = all_ro.backend().put_record("sweep", "t", b"x").unwrap_err();
+    assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+    let err = all_ro.backend().delete_record("sweep", "t").unwrap_err();
+    assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+}
+
+#[test]
 fn a_farther_completed_entry_beats_a_nearer_failed_one() {
     let local = tempfile::tempdir().unwrap();
     let remote = tempfile::tempdir().unwrap();

@@ -10,6 +10,7 @@
 //! manifests/ab/<64 hex>.json
 //! used/ab/<64 hex>        last-use stamp (unix ms as text)
 //! leases/ab/<64 hex>/     lease generation files (see docs/lease-protocol.md)
+//! records/<kind>/<name>   small named documents (replaced by rename, like manifests)
 //! tmp/                    scratch space for artifacts being produced
 //! ```
 //!
@@ -28,7 +29,10 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::sharing::{self, Sharing};
-use super::{Backend, BlobInfo, BlobReader, PollWatch, Watch, STORE_FORMAT};
+use super::{
+    check_record_kind, check_record_name, Backend, BlobInfo, BlobReader, PollWatch, Watch,
+    STORE_FORMAT,
+};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::key::Key;
@@ -130,6 +134,11 @@ impl LocalBackend {
         sharded(&self.root.join("used"), &k.to_hex(), "")
     }
 
+    /// `records/<kind>`; the caller has checked `kind`.
+    fn records_dir(&self, kind: &str) -> PathBuf {
+        self.root.join("records").join(kind)
+    }
+
     /// Writes `data` to `dest` through a temp file in the same directory, then publishes it.
     /// Returns false when `replace` is false and `dest` already exists.
     fn publish(&self, dest: &Path, data: &[u8], replace: bool) -> Result<bool> {
@@ -137,18 +146,25 @@ impl LocalBackend {
         let tmp = temp_path(dir);
         let mut f = create_in(self.sharing.as_ref(), dir, &tmp)?;
         sharing::share_file(self.sharing.as_ref(), &f, &tmp);
-        f.write_all(data).at(&tmp)?;
-        if self.sync {
-            f.sync_all().at(&tmp)?;
-        }
+        let written = f
+            .write_all(data)
+            .and_then(|()| if self.sync { f.sync_all() } else { Ok(()) });
         drop(f);
+        if let Err(e) = written {
+            // A full disk, say: leave no temp file behind.
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(&tmp, e));
+        }
         self.publish_file(&tmp, dest, replace)
     }
 
     /// Publishes an already written temp file at `dest` (rename or link), removing the temp.
     fn publish_file(&self, tmp: &Path, dest: &Path, replace: bool) -> Result<bool> {
         let published = if replace {
-            fs::rename(tmp, dest).at(dest)?;
+            if let Err(e) = fs::rename(tmp, dest) {
+                let _ = fs::remove_file(tmp);
+                return Err(Error::io(dest, e));
+            }
             true
         } else {
             let linked = match fs::hard_link(tmp, dest) {
@@ -350,7 +366,7 @@ pub fn init_store(root: &Path, share: Option<(&str, Sharing)>) -> Result<()> {
         return Err(Error::io(marker, e));
     }
     // The directories every process writes into, so that nobody creates them with its umask.
-    for d in ["blobs", "manifests", "used", "leases", "tmp"] {
+    for d in ["blobs", "manifests", "used", "leases", "records", "tmp"] {
         sharing::create_dir_all(Some(&s), &root.join(d)).at(root.join(d))?;
     }
     Ok(())
@@ -562,6 +578,61 @@ impl Backend for LocalBackend {
         )
     }
 
+    fn put_record(&self, kind: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        check_record_name(kind, name)?;
+        // A temp file in the record's directory, renamed over the old record (fsynced, with its
+        // directory, when `sync` is on; given the shared group's modes before it is renamed).
+        self.publish(&self.records_dir(kind).join(name), bytes, true)
+            .map(|_| ())
+    }
+
+    fn get_record(&self, kind: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        check_record_name(kind, name)?;
+        read_optional(&self.records_dir(kind).join(name))
+    }
+
+    fn list_records(&self, kind: &str) -> Result<Vec<String>> {
+        check_record_kind(kind)?;
+        let dir = self.records_dir(kind);
+        let entries = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&dir, e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.at(&dir)?;
+            // Temp files (`.tmp-…`) and anything else that is not a valid record name are not
+            // records.
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if check_record_name(kind, &name).is_err() {
+                continue;
+            }
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn delete_record(&self, kind: &str, name: &str) -> Result<bool> {
+        check_record_name(kind, name)?;
+        let path = self.records_dir(kind).join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                if self.sync {
+                    sync_dir(&self.records_dir(kind))?;
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
     fn scratch_dir(&self) -> PathBuf {
         let dir = self.root.join("tmp");
         if self.sharing.is_some() {
@@ -715,6 +786,34 @@ mod tests {
         assert_eq!(b.blob_size(&d).unwrap(), None);
         b.put_blob(&d, b"blob").unwrap();
         assert_eq!(b.blob_size(&d).unwrap(), Some(4));
+    }
+
+    #[test]
+    fn records_get_the_shared_group_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        let gid = fs::metadata(dir.path()).unwrap().gid();
+        let s = Sharing::new(gid, 0o664);
+        init_store(&root, Some(("test-group", s))).unwrap();
+        for sync in [false, true] {
+            let b = LocalBackend::open(&root, sync).unwrap();
+            assert_eq!(b.sharing(), Some(&s));
+            let kind = format!("kind-{sync}");
+            b.put_record(&kind, "r", b"one").unwrap();
+            b.put_record(&kind, "r", b"two").unwrap();
+            let records = root.join("records");
+            let dir_meta = fs::metadata(records.join(&kind)).unwrap();
+            assert_eq!(dir_meta.mode() & 0o7777, s.dir_mode, "{kind}");
+            assert_eq!(dir_meta.gid(), gid);
+            let file_meta = fs::metadata(records.join(&kind).join("r")).unwrap();
+            assert_eq!(file_meta.mode() & 0o7777, s.file_mode, "{kind}");
+            assert_eq!(file_meta.gid(), gid);
+            assert_eq!(
+                fs::metadata(&records).unwrap().mode() & 0o7777,
+                s.dir_mode,
+                "created by init"
+            );
+        }
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! The in-memory store: for tests and for throw-away caches inside one process. Stores opened
 //! with the same `memory://NAME` location in one process share their content.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::{Backend, BlobInfo, BlobReader};
+use super::{check_record_kind, check_record_name, Backend, BlobInfo, BlobReader};
 use crate::digest::Digest;
 use crate::error::{IoContext, Result};
 use crate::key::Key;
@@ -20,6 +20,8 @@ pub struct MemoryBackend {
     blobs: Mutex<HashMap<Digest, Arc<Vec<u8>>>>,
     manifests: Mutex<HashMap<Key, Vec<u8>>>,
     used: Mutex<HashMap<Key, u64>>,
+    /// Records by (kind, name); ordered, so a kind's names come out sorted.
+    records: Mutex<BTreeMap<(String, String), Vec<u8>>>,
     leases: Arc<MemoryLeases>,
 }
 
@@ -147,6 +149,47 @@ impl Backend for MemoryBackend {
 
     fn leases(&self) -> Arc<dyn LeaseBackend> {
         self.leases.clone()
+    }
+
+    fn put_record(&self, kind: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        check_record_name(kind, name)?;
+        self.records
+            .lock()
+            .unwrap()
+            .insert((kind.to_string(), name.to_string()), bytes.to_vec());
+        Ok(())
+    }
+
+    fn get_record(&self, kind: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        check_record_name(kind, name)?;
+        Ok(self
+            .records
+            .lock()
+            .unwrap()
+            .get(&(kind.to_string(), name.to_string()))
+            .cloned())
+    }
+
+    fn list_records(&self, kind: &str) -> Result<Vec<String>> {
+        check_record_kind(kind)?;
+        Ok(self
+            .records
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|(k, _)| k == kind)
+            .map(|(_, n)| n.clone())
+            .collect())
+    }
+
+    fn delete_record(&self, kind: &str, name: &str) -> Result<bool> {
+        check_record_name(kind, name)?;
+        Ok(self
+            .records
+            .lock()
+            .unwrap()
+            .remove(&(kind.to_string(), name.to_string()))
+            .is_some())
     }
 }
 

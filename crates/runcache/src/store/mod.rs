@@ -1,6 +1,7 @@
 //! Storage backends. One trait, [`Backend`], holds the primitives every store provides:
-//! content-addressed blobs, atomically committed manifests, last-use stamps, leases and a way to
-//! wait for changes. The engine (`crate::engine`) builds everything else on top of it.
+//! content-addressed blobs, atomically committed manifests, last-use stamps, leases, small named
+//! records and a way to wait for changes. The engine (`crate::engine`) builds everything else on
+//! top of it.
 
 use std::fmt::Debug;
 use std::io::Read;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::digest::Digest;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::lease::LeaseBackend;
 
@@ -44,6 +45,12 @@ pub type BlobReader = Box<dyn Read + Send>;
 ///   existing digest is a no-op. Backends never verify content on read; the engine does.
 /// - `put_manifest` is the commit point of an entry and is atomic: a reader sees the old
 ///   manifest, the new one, or none, never a mix. With `replace == false` the first writer wins.
+/// - Records are small mutable documents beside the entries (one per sweep, for instance),
+///   addressed by a `kind` and a `name`, both checked by [`check_record_name`] before anything
+///   else happens. `put_record` creates or replaces one atomically (last writer wins; a reader
+///   sees the old bytes or the new ones, never a mix); records of different kinds never mix, and
+///   `list_records` returns the names of one kind in byte order. A store that cannot be written
+///   refuses `put_record` and `delete_record` with [`Error::ReadOnly`].
 pub trait Backend: Send + Sync + Debug {
     /// Where the store lives (path or URL), for messages.
     fn location(&self) -> String;
@@ -103,6 +110,16 @@ pub trait Backend: Send + Sync + Debug {
     /// The lease primitives of this store.
     fn leases(&self) -> Arc<dyn LeaseBackend>;
 
+    /// Creates or replaces the record `kind/name` atomically (a reader sees the old or the new
+    /// bytes, never a mix).
+    fn put_record(&self, kind: &str, name: &str, bytes: &[u8]) -> Result<()>;
+    /// The bytes of record `kind/name`, or `None` if there is no such record.
+    fn get_record(&self, kind: &str, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Names of every record of `kind`, sorted (byte order).
+    fn list_records(&self, kind: &str) -> Result<Vec<String>>;
+    /// Deletes record `kind/name`; returns whether it existed.
+    fn delete_record(&self, kind: &str, name: &str) -> Result<bool>;
+
     /// A way to sleep until the entry or the lease of `key` may have changed.
     fn watch(&self, key: &Key) -> Result<Box<dyn Watch>> {
         let _ = key;
@@ -114,6 +131,47 @@ pub trait Backend: Send + Sync + Debug {
     fn scratch_dir(&self) -> PathBuf {
         std::env::temp_dir()
     }
+}
+
+/// Longest record kind or name accepted by [`check_record_name`].
+pub const MAX_RECORD_NAME: usize = 128;
+
+/// Checks a record's `kind` and `name` (every backend calls this, or [`check_record_kind`] when
+/// there is no name, before doing anything): each must be 1 to [`MAX_RECORD_NAME`] ASCII
+/// letters, digits, `.`, `_` or `-`, and must not start with `.`. So a kind or name is always one
+/// plain file or object name: never empty, `.`, `..` or a path, never a hidden or temporary file
+/// of the local store. A bad one is [`Error::Invalid`] naming it and the rule.
+pub fn check_record_name(kind: &str, name: &str) -> Result<()> {
+    check_record_part("kind", kind)?;
+    check_record_part("name", name)
+}
+
+/// Checks a record kind alone (for [`Backend::list_records`]), by the rule of
+/// [`check_record_name`].
+pub fn check_record_kind(kind: &str) -> Result<()> {
+    check_record_part("kind", kind)
+}
+
+fn check_record_part(what: &str, value: &str) -> Result<()> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_RECORD_NAME
+        && !value.starts_with('.')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        return Ok(());
+    }
+    // A very long value is shown by its start and its length.
+    let shown = if value.chars().count() > MAX_RECORD_NAME {
+        let start: String = value.chars().take(32).collect();
+        format!("{start:?}… ({} bytes)", value.len())
+    } else {
+        format!("{value:?}")
+    };
+    Err(Error::Invalid(format!(
+        "bad record {what} {shown}: a record kind or name is 1 to {MAX_RECORD_NAME} ASCII letters, digits, `.`, `_` or `-`, not starting with `.`"
+    )))
 }
 
 /// One stored blob as listed by [`Backend::list_blobs`].
@@ -151,5 +209,44 @@ impl Watch for PollWatch {
     fn wait(&mut self, max: Duration) {
         std::thread::sleep(self.next.min(max));
         self.next = (self.next * 3 / 2).min(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_names_follow_the_rule() {
+        let longest = "a".repeat(MAX_RECORD_NAME);
+        for ok in ["a", "sweep", "A-b_c.9", "-x", "_", longest.as_str()] {
+            check_record_name(ok, ok).unwrap();
+        }
+        let too_long = "a".repeat(MAX_RECORD_NAME + 1);
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a b",
+            "caf\u{e9}",
+            "a\0b",
+            too_long.as_str(),
+        ] {
+            for (kind, name, what) in [("k", bad, "name"), (bad, "n", "kind")] {
+                let err = check_record_name(kind, name).unwrap_err();
+                let msg = err.to_string();
+                assert!(matches!(err, Error::Invalid(_)), "{msg}");
+                assert!(msg.contains(&format!("bad record {what}")), "{msg}");
+                assert!(msg.contains("not starting with `.`"), "{msg}");
+            }
+        }
+        let msg = check_record_name("k", &"x".repeat(10_000))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("(10000 bytes)") && msg.len() < 400, "{msg}");
+        assert!(check_record_kind("sweep").is_ok());
+        assert!(check_record_kind("a/b").is_err());
     }
 }

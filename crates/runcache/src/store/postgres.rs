@@ -1,6 +1,6 @@
-//! The PostgreSQL store: manifests, blobs (chunked `bytea`), usage stamps and leases in tables of
-//! one schema, shared by every process and machine that can reach the server. Layout, commit
-//! and lease protocols: `docs/store-postgres.md`.
+//! The PostgreSQL store: manifests, blobs (chunked `bytea`), usage stamps, leases and records in
+//! tables of one schema, shared by every process and machine that can reach the server. Layout,
+//! commit and lease protocols: `docs/store-postgres.md`.
 //!
 //! Location: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB?schema=NAME` (or `postgresql://`). The
 //! password comes from the URL, else `PGPASSWORD`, else the password file (`PGPASSFILE` or
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use postgres::{Client, Config, GenericClient, NoTls, Row, Statement};
 
-use super::{Backend, BackendOptions, BlobInfo, BlobReader};
+use super::{check_record_kind, check_record_name, Backend, BackendOptions, BlobInfo, BlobReader};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::key::Key;
@@ -475,20 +475,28 @@ impl Db {
         let s = &self.sql.schema;
         let mut c = self.conn()?;
         let doing = "checking the schema version";
-        // Fast path: no DDL (and no CREATE privilege needed) when the schema is current.
+        // Fast path: no DDL (and no CREATE privilege needed) when the schema is current and has
+        // every table (`records` came later than version 1; see `records_table_sql`).
         let rows = c
             .client
             .query(
-                "SELECT to_regclass($1) IS NOT NULL",
-                &[&format!("{s}.runcache_meta")],
+                "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
+                &[&format!("{s}.runcache_meta"), &format!("{s}.records")],
             )
             .map_err(|e| self.err(doing, e))?;
+        let has_records = rows[0].get::<_, bool>(1);
+        let mut current = false;
         if rows[0].get::<_, bool>(0) {
             if let Some(v) = self.read_version(&mut c.client)? {
-                if v == SCHEMA_VERSION {
+                current = v == SCHEMA_VERSION;
+                if current && has_records {
                     return Ok(());
                 }
             }
+        }
+        if current {
+            // A current schema made by an engine without records: only that table is missing.
+            return self.add_records_table(&mut c.client);
         }
         let doing = "creating the store's tables";
         let mut tx = c.client.transaction().map_err(|e| self.err(doing, e))?;
@@ -531,7 +539,35 @@ impl Db {
                 .map_err(|e| self.err(doing, e))?;
             }
         }
+        tx.batch_execute(&records_table_sql(s))
+            .map_err(|e| self.err(doing, e))?;
         tx.commit().map_err(|e| self.err(doing, e))
+    }
+
+    /// Adds the `records` table to a schema at the current version that lacks it. A role without
+    /// the right to create tables there still opens the store (with a warning): everything but
+    /// records works, and record operations fail until someone who may create the table opens it.
+    fn add_records_table(&self, client: &mut Client) -> Result<()> {
+        let s = &self.sql.schema;
+        let doing = "adding the records table";
+        let mut tx = client.transaction().map_err(|e| self.err(doing, e))?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            &[&format!("runcache schema {s}")],
+        )
+        .map_err(|e| self.err(doing, e))?;
+        match tx.batch_execute(&records_table_sql(s)) {
+            Ok(()) => tx.commit().map_err(|e| self.err(doing, e)),
+            Err(e) if e.code() == Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+                log::warn!(
+                    "runcache: the store {} has no records table and this role may not create it ({}); records are unavailable until a role with CREATE on the schema opens the store",
+                    self.target.display,
+                    describe(&e)
+                );
+                Ok(())
+            }
+            Err(e) => Err(self.err(doing, e)),
+        }
     }
 
     /// The schema version recorded in `runcache_meta`; refuses a newer one.
@@ -599,6 +635,21 @@ fn describe(e: &postgres::Error) -> String {
         src = cause.source();
     }
     s
+}
+
+/// The `records` table (named, mutable documents; `Backend::put_record`). It came after stores
+/// at schema version 1 were in use; older engines never touch it, so it is created with
+/// `IF NOT EXISTS` both with a new schema and when a current one lacks it, without a version
+/// bump (which would make older engines refuse the store).
+fn records_table_sql(s: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {s}.records (
+             kind text NOT NULL,
+             name text NOT NULL,
+             body bytea NOT NULL,
+             updated_at timestamptz NOT NULL DEFAULT now(),
+             PRIMARY KEY (kind, name));"
+    )
 }
 
 fn create_tables_sql(s: &str) -> String {
@@ -677,6 +728,10 @@ struct Sql {
     lease_release: String,
     lease_list: String,
     lease_clean: String,
+    record_put: String,
+    record_get: String,
+    record_list: String,
+    record_delete: String,
 }
 
 impl Sql {
@@ -756,6 +811,13 @@ impl Sql {
             lease_clean: format!(
                 "UPDATE {s}.leases SET record = NULL, owner = NULL WHERE key = $1 AND released"
             ),
+            record_put: format!(
+                "INSERT INTO {s}.records (kind, name, body) VALUES ($1, $2, $3)
+                 ON CONFLICT (kind, name) DO UPDATE SET body = EXCLUDED.body, updated_at = now()"
+            ),
+            record_get: format!("SELECT body FROM {s}.records WHERE kind = $1 AND name = $2"),
+            record_list: format!("SELECT name FROM {s}.records WHERE kind = $1"),
+            record_delete: format!("DELETE FROM {s}.records WHERE kind = $1 AND name = $2"),
             schema: s,
         }
     }
@@ -1034,6 +1096,46 @@ impl Backend for PostgresBackend {
 
     fn leases(&self) -> Arc<dyn LeaseBackend> {
         self.leases.clone()
+    }
+
+    fn put_record(&self, kind: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        check_record_name(kind, name)?;
+        // One statement: readers see the old row or the new one.
+        self.db.execute(
+            "writing a record",
+            &self.db.sql.record_put,
+            &[&kind, &name, &bytes],
+        )?;
+        Ok(())
+    }
+
+    fn get_record(&self, kind: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        check_record_name(kind, name)?;
+        let rows = self
+            .db
+            .query("reading a record", &self.db.sql.record_get, &[&kind, &name])?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    fn list_records(&self, kind: &str) -> Result<Vec<String>> {
+        check_record_kind(kind)?;
+        let rows = self
+            .db
+            .query("listing records", &self.db.sql.record_list, &[&kind])?;
+        // Sorted here: `ORDER BY` would follow the database's collation, not byte order.
+        let mut names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn delete_record(&self, kind: &str, name: &str) -> Result<bool> {
+        check_record_name(kind, name)?;
+        let n = self.db.execute(
+            "deleting a record",
+            &self.db.sql.record_delete,
+            &[&kind, &name],
+        )?;
+        Ok(n == 1)
     }
 }
 

@@ -15,6 +15,11 @@
 //! - Writes go to every writable tier, the shared tier first: its result decides (first writer
 //!   wins there) and its errors are errors; a nearer tier that fails to take a copy is logged.
 //! - Leases and change notifications are the shared tier's.
+//! - Records (small named documents that processes coordinate through, such as sweep records)
+//!   live on the tier that holds the leases, the shared tier, and only there: they are written,
+//!   read, listed and deleted there, never copied into nearer tiers (a stale nearer copy would be
+//!   worse than a round trip). With no writable tier they are read from the farthest tier and
+//!   every write is refused.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -22,7 +27,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{open_backend, Backend, BackendOptions, BlobInfo, BlobReader, PollWatch, Watch};
+use super::{
+    check_record_kind, check_record_name, open_backend, Backend, BackendOptions, BlobInfo,
+    BlobReader, PollWatch, Watch,
+};
 use crate::digest::{Digest, StreamHasher};
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -120,6 +128,20 @@ impl TieredBackend {
             .filter(|t| !t.read_only)
             .map(|t| t.backend.clone())
             .collect()
+    }
+
+    /// The tier holding the records: the shared tier (the one holding the leases), or with no
+    /// writable tier the farthest one (read only).
+    fn records_tier(&self) -> &Tier {
+        &self.tiers[self.shared.unwrap_or(self.tiers.len() - 1)]
+    }
+
+    /// The records tier if it may be written, else the read-only error.
+    fn writable_records_tier(&self) -> Result<&Tier> {
+        match self.shared {
+            Some(i) => Ok(&self.tiers[i]),
+            None => Err(self.read_only_error()),
+        }
     }
 
     /// Copies a manifest found in tier `found` into the nearer writable tiers (best effort).
@@ -455,6 +477,30 @@ impl Backend for TieredBackend {
         self.leases.clone()
     }
 
+    fn put_record(&self, kind: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        check_record_name(kind, name)?;
+        self.writable_records_tier()?
+            .backend
+            .put_record(kind, name, bytes)
+    }
+
+    fn get_record(&self, kind: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        check_record_name(kind, name)?;
+        self.records_tier().backend.get_record(kind, name)
+    }
+
+    fn list_records(&self, kind: &str) -> Result<Vec<String>> {
+        check_record_kind(kind)?;
+        self.records_tier().backend.list_records(kind)
+    }
+
+    fn delete_record(&self, kind: &str, name: &str) -> Result<bool> {
+        check_record_name(kind, name)?;
+        self.writable_records_tier()?
+            .backend
+            .delete_record(kind, name)
+    }
+
     fn watch(&self, key: &Key) -> Result<Box<dyn Watch>> {
         match self.shared {
             Some(i) => self.tiers[i].backend.watch(key),
@@ -629,6 +675,18 @@ impl Backend for Unreachable {
         Err(self.error())
     }
     fn forget_usage(&self, _: &Key) -> Result<()> {
+        Err(self.error())
+    }
+    fn put_record(&self, _: &str, _: &str, _: &[u8]) -> Result<()> {
+        Err(self.error())
+    }
+    fn get_record(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>> {
+        Err(self.error())
+    }
+    fn list_records(&self, _: &str) -> Result<Vec<String>> {
+        Err(self.error())
+    }
+    fn delete_record(&self, _: &str, _: &str) -> Result<bool> {
         Err(self.error())
     }
     fn leases(&self) -> Arc<dyn LeaseBackend> {

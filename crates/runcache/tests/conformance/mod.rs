@@ -37,6 +37,10 @@ pub fn run_all(open: Factory<'_>) {
     leases_are_exclusive(open());
     waiting_times_out_with_a_clear_error(open());
     waiter_loads_what_the_holder_commits(open());
+    records_are_created_replaced_listed_and_deleted(open());
+    records_of_different_kinds_never_mix(open());
+    bad_record_names_are_refused(open());
+    large_record_round_trips(open());
 }
 
 fn big(seed: u8) -> Vec<u8> {
@@ -590,4 +594,124 @@ fn postcard_u32(mut v: u32) -> Vec<u8> {
         }
         out.push(byte | 0x80);
     }
+}
+
+// --- Records ---------------------------------------------------------------------------------
+
+pub fn records_are_created_replaced_listed_and_deleted(store: Store) {
+    let b = store.backend();
+    assert_eq!(b.get_record("sweep", "a").unwrap(), None);
+    assert!(b.list_records("sweep").unwrap().is_empty());
+    assert!(!b.delete_record("sweep", "a").unwrap(), "nothing to delete");
+
+    b.put_record("sweep", "a", br#"{"v":1}"#).unwrap();
+    assert_eq!(b.get_record("sweep", "a").unwrap().unwrap(), br#"{"v":1}"#);
+    b.put_record("sweep", "a", br#"{"v":2,"longer":true}"#)
+        .unwrap();
+    assert_eq!(
+        b.get_record("sweep", "a").unwrap().unwrap(),
+        br#"{"v":2,"longer":true}"#,
+        "a put replaces the record"
+    );
+    b.put_record("sweep", "a", b"3").unwrap();
+    assert_eq!(
+        b.get_record("sweep", "a").unwrap().unwrap(),
+        b"3",
+        "shorter"
+    );
+    b.put_record("sweep", "empty", b"").unwrap();
+    assert_eq!(b.get_record("sweep", "empty").unwrap().unwrap(), b"");
+
+    // Names come back sorted in byte order whatever the order of creation.
+    for name in ["zeta", "B-2", "b_1", "a.json", "10", "9", "A"] {
+        b.put_record("sweep", name, name.as_bytes()).unwrap();
+    }
+    let mut expected = vec!["10", "9", "A", "B-2", "a", "a.json", "b_1", "empty", "zeta"];
+    assert_eq!(b.list_records("sweep").unwrap(), expected);
+    assert_eq!(b.get_record("sweep", "B-2").unwrap().unwrap(), b"B-2");
+
+    assert!(b.delete_record("sweep", "a").unwrap());
+    assert!(!b.delete_record("sweep", "a").unwrap(), "already deleted");
+    assert_eq!(b.get_record("sweep", "a").unwrap(), None);
+    expected.retain(|n| *n != "a");
+    assert_eq!(b.list_records("sweep").unwrap(), expected);
+    // A deleted record can be created again.
+    b.put_record("sweep", "a", b"again").unwrap();
+    assert_eq!(b.get_record("sweep", "a").unwrap().unwrap(), b"again");
+}
+
+pub fn records_of_different_kinds_never_mix(store: Store) {
+    let b = store.backend();
+    // `sweep` is a prefix of the other kinds: listing one must not return the others' records.
+    b.put_record("sweep", "x", b"sweep x").unwrap();
+    b.put_record("sweeps", "x", b"sweeps x").unwrap();
+    b.put_record("sweeps", "y", b"sweeps y").unwrap();
+    b.put_record("sweep-old", "z", b"old z").unwrap();
+    assert_eq!(b.list_records("sweep").unwrap(), ["x"]);
+    assert_eq!(b.list_records("sweeps").unwrap(), ["x", "y"]);
+    assert_eq!(b.list_records("sweep-old").unwrap(), ["z"]);
+    assert!(b.list_records("other").unwrap().is_empty());
+    assert_eq!(b.get_record("sweep", "x").unwrap().unwrap(), b"sweep x");
+    assert_eq!(b.get_record("sweeps", "x").unwrap().unwrap(), b"sweeps x");
+    assert_eq!(b.get_record("sweep", "y").unwrap(), None);
+    assert!(b.delete_record("sweeps", "x").unwrap());
+    assert_eq!(b.get_record("sweep", "x").unwrap().unwrap(), b"sweep x");
+    assert_eq!(b.list_records("sweeps").unwrap(), ["y"]);
+    // Records are not entries: they do not show up as manifests or blobs.
+    assert!(b.list_manifests().unwrap().is_empty());
+    assert!(b.list_blobs().unwrap().is_empty());
+}
+
+pub fn bad_record_names_are_refused(store: Store) {
+    let b = store.backend();
+    let too_long = "n".repeat(129);
+    let bad = [
+        "",
+        ".",
+        "..",
+        ".hidden",
+        "a/b",
+        "../up",
+        "a b",
+        "tab\t",
+        "caf\u{e9}",
+        "a\\b",
+        "x?y",
+        too_long.as_str(),
+    ];
+    let invalid = |r: runcache::Result<()>, what: &str| match r {
+        Err(e @ Error::Invalid(_)) => assert!(e.to_string().contains("bad record"), "{what}: {e}"),
+        Err(e) => panic!("{what}: expected Error::Invalid, got {e}"),
+        Ok(()) => panic!("{what}: accepted"),
+    };
+    for name in bad {
+        for (kind, n) in [("sweep", name), (name, "ok")] {
+            let what = format!("kind {kind:?}, name {n:?}");
+            invalid(b.put_record(kind, n, b"x"), &format!("put {what}"));
+            invalid(b.get_record(kind, n).map(|_| ()), &format!("get {what}"));
+            invalid(
+                b.delete_record(kind, n).map(|_| ()),
+                &format!("delete {what}"),
+            );
+        }
+        invalid(b.list_records(name).map(|_| ()), &format!("list {name:?}"));
+    }
+    // Nothing was stored by the refused calls; the longest valid name works.
+    assert!(b.list_records("sweep").unwrap().is_empty());
+    let longest = "n".repeat(128);
+    b.put_record(&longest, &longest, b"long").unwrap();
+    assert_eq!(b.list_records(&longest).unwrap(), [longest.as_str()]);
+    assert_eq!(b.get_record(&longest, &longest).unwrap().unwrap(), b"long");
+}
+
+pub fn large_record_round_trips(store: Store) {
+    let b = store.backend();
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    b.put_record("big", "one-mib", &data).unwrap();
+    assert!(b.get_record("big", "one-mib").unwrap().unwrap() == data);
+    let mut other = data.clone();
+    other.reverse();
+    b.put_record("big", "one-mib", &other).unwrap();
+    assert!(b.get_record("big", "one-mib").unwrap().unwrap() == other);
+    assert_eq!(b.list_records("big").unwrap(), ["one-mib"]);
 }

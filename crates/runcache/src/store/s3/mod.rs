@@ -8,6 +8,7 @@
 //! manifests/ab/<64 hex>.json   the commit point of an entry (put-if-absent, or overwrite)
 //! used/ab/<64 hex>             last-use stamp (unix ms as text)
 //! leases/ab/<64 hex>.json      one lock object per key, changed by etag compare-and-swap
+//! records/<kind>/<name>        small named documents (plain PUT: atomic per object)
 //! tmp/                         probe objects written while opening
 //! ```
 //!
@@ -29,7 +30,7 @@ use object_store::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, BlobInfo, BlobReader, STORE_FORMAT};
+use super::{check_record_kind, check_record_name, Backend, BlobInfo, BlobReader, STORE_FORMAT};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::key::Key;
@@ -587,6 +588,11 @@ impl S3Backend {
         sharded("used", &k.to_hex(), "")
     }
 
+    /// `records/<kind>/<name>`; the caller has checked both.
+    fn record_rel(kind: &str, name: &str) -> String {
+        format!("records/{kind}/{name}")
+    }
+
     fn part_size(&self) -> usize {
         (self.multipart_threshold as usize).clamp(5 << 20, MAX_PART)
     }
@@ -811,6 +817,54 @@ impl Backend for S3Backend {
 
     fn blob_path(&self, _digest: &Digest) -> Option<PathBuf> {
         None
+    }
+
+    fn put_record(&self, kind: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        check_record_name(kind, name)?;
+        // One plain PUT: S3 replaces an object atomically, readers see the old or the new one.
+        self.client
+            .put_overwrite(&Self::record_rel(kind, name), bytes.to_vec())
+    }
+
+    fn get_record(&self, kind: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        check_record_name(kind, name)?;
+        Ok(self
+            .client
+            .get(&Self::record_rel(kind, name))?
+            .map(|(b, _)| b))
+    }
+
+    fn list_records(&self, kind: &str) -> Result<Vec<String>> {
+        check_record_kind(kind)?;
+        let dir = format!("records/{kind}");
+        let mut names = Vec::new();
+        for meta in self.client.list(&dir)? {
+            // Only direct children of `records/<kind>/` with a valid name are records.
+            let rel = self.client.relative(&meta.location);
+            let Some(name) = rel
+                .strip_prefix(dir.as_str())
+                .and_then(|r| r.strip_prefix('/'))
+            else {
+                continue;
+            };
+            if check_record_name(kind, name).is_ok() {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn delete_record(&self, kind: &str, name: &str) -> Result<bool> {
+        check_record_name(kind, name)?;
+        // S3's DELETE does not say whether the object existed: ask first. A concurrent delete
+        // in between may make both callers answer true; the record is gone either way.
+        let rel = Self::record_rel(kind, name);
+        if self.client.head(&rel)?.is_none() {
+            return Ok(false);
+        }
+        self.client.delete(&rel)?;
+        Ok(true)
     }
 }
 
