@@ -16,8 +16,19 @@ from runcache._core import (
     StoreError,
 )
 from runcache._entry import Entry, Explanation
+from runcache._executors import Executor, Inline, Local, Manual
 from runcache._memory import Memory
 from runcache._scope import artifact_path, set_metadata
+from runcache._sweep import (
+    Failure,
+    Job,
+    SweepError,
+    SweepHandle,
+    SweepStalled,
+    SweepStatus,
+    grid,
+    sweep,
+)
 from runcache._task import Task, Terminated, task
 
 __version__ = _core.__version__
@@ -25,18 +36,30 @@ __version__ = _core.__version__
 __all__ = [
     "CorruptEntryError",
     "Entry",
+    "Executor",
     "Explanation",
+    "Failure",
+    "Inline",
+    "Job",
+    "Local",
+    "Manual",
     "Memory",
     "RecordedFailure",
     "RuncacheError",
     "SignatureError",
     "StoreError",
+    "SweepError",
+    "SweepHandle",
+    "SweepStalled",
+    "SweepStatus",
     "Task",
     "Terminated",
     "__version__",
     "artifact_path",
     "config",
     "configure",
+    "grid",
     "set_metadata",
+    "sweep",
     "task",
 ]

@@ -13,6 +13,11 @@ from runcache import _core
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["worker"]:
+        # Workers run Python callables: they live in this interpreter, not in the Rust command.
+        from runcache import _worker
+
+        return _worker.run(args[1:])
     # The command writes to the file descriptors directly: flush what Python has buffered.
     sys.stdout.flush()
     sys.stderr.flush()

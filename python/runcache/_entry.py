@@ -49,6 +49,12 @@ class Entry:
         """Deletes the entry; returns whether it existed."""
         return self._store.delete(self.key)
 
+    def logs(self) -> str:
+        """The stdout and stderr a worker captured while computing this entry ('' if none)."""
+        from runcache._sweep import logs_of
+
+        return logs_of(self._store, self.key)
+
     def artifacts(self) -> list[str]:
         """Names of the files stored with the entry."""
         info = self.info()

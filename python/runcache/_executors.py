@@ -6,7 +6,14 @@ every executor only decides where `python -m runcache worker` runs.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from runcache._sweep import SweepHandle
@@ -43,3 +50,297 @@ class Executor:
 
     def cancel(self, sweep: "SweepHandle") -> None:
         raise NotImplementedError
+
+
+class Inline(Executor):
+    """Runs every item in the calling process, one after the other (debugging, notebooks)."""
+
+    inline = True
+
+    def __repr__(self) -> str:
+        return "runcache.Inline()"
+
+    def run(
+        self,
+        task: Any,
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        opts: dict[str, Any],
+        progress: bool | None,
+        wait: bool,
+        errors: str,
+    ) -> list[Any]:
+        """Computes (or loads) each call in order through the task itself."""
+        from runcache import _config, _sweep
+        from runcache._progress import Progress
+
+        store = _config.open_store(opts)
+        keys = [task._key_of(a, k) for a, k in calls]
+        mode = opts.get("mode", "cached")
+        now_ms = int(time.time() * 1000)
+        before = (
+            store.statuses(keys, mode, now_ms)
+            if mode in ("cached", "retry")
+            else [False] * len(keys)
+        )
+        counts = _Counts(total=len(keys), cached=sum(before))
+        record = {"namespace": task.name}
+        bar = Progress(_Shown(len(keys), record), enabled=progress)
+        results: list[Any] = []
+        failures: list[_sweep.Failure] = []
+        try:
+            for i, (args, kwargs) in enumerate(calls):
+                bar.update(counts)
+                try:
+                    results.append(task(*args, **kwargs))
+                    if not before[i]:
+                        counts.completed += 1
+                except Exception as e:  # noqa: BLE001 - recorded per item
+                    if errors == "raise" and wait:
+                        failure = _sweep.failure_of(store, i, keys[i])
+                        if failure.error_type == "runcache.Missing":
+                            failure = _sweep.Failure(i, keys[i], type(e).__qualname__, str(e))
+                    else:
+                        failure = _sweep.failure_of(store, i, keys[i])
+                    counts.failed += 1
+                    failures.append(failure)
+                    results.append(failure)
+            bar.update(counts)
+        finally:
+            bar.close()
+        if not wait:
+            return [settled_job(store, i, k, opts) for i, k in enumerate(keys)]
+        if failures and errors == "raise":
+            raise _sweep.SweepError(_sweep.summarize(failures, len(keys)), failures, results)
+        return results
+
+
+@dataclasses.dataclass
+class _Counts:
+    total: int
+    cached: int = 0
+    completed: int = 0
+    failed: int = 0
+    running: int = 0
+    queued: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.cached + self.completed + self.failed
+
+
+@dataclasses.dataclass
+class _Shown:
+    total: int
+    record: dict[str, Any]
+
+
+class DoneJob:
+    """A job whose item was already settled when it was asked for (no sweep was needed)."""
+
+    def __init__(self, store: Any, index: int, key: str, mmap: bool = True) -> None:
+        self.store = store
+        self.index = index
+        self.key = key
+        self.mmap = mmap
+
+    def __repr__(self) -> str:
+        return f"<runcache job {self.key[:12]} {self.status()}>"
+
+    def status(self) -> str:
+        info = self.store.manifest(self.key)
+        if info is None:
+            return "pending"
+        return "failed" if '"status":"failed"' in info else "completed"
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        from runcache import _sweep
+
+        try:
+            return self.store.load(self.key, mmap=self.mmap)
+        except KeyError:
+            f = _sweep.failure_of(self.store, self.index, self.key)
+            raise _sweep.SweepError(_sweep.summarize([f], 1), [f], [f]) from None
+
+    def logs(self) -> str:
+        from runcache import _sweep
+
+        return _sweep.logs_of(self.store, self.key)
+
+    def cancel(self) -> None:
+        """Nothing to cancel."""
+
+
+def settled_job(store: Any, index: int, key: str, opts: dict[str, Any]) -> DoneJob:
+    """A :class:`DoneJob` for an item that needs no computing."""
+    return DoneJob(store, index, key, opts.get("mmap", True))
+
+
+class Local(Executor):
+    """Runs items in ``workers`` local worker processes (default: one per core).
+
+    ``resources`` declares the capacity shared by everything this executor runs, e.g.
+    ``Local(workers=8, resources={"ram": 64, "gpu": 2})``; with a task declared
+    ``@runcache.task(resources={"ram": 16})`` at most 4 of its items run at once. Worker output
+    goes to ``log_dir`` (default: a per-sweep folder under the system temp dir). Without
+    ``resources``, task needs are not limited (only the number of workers is).
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        resources: dict[str, float] | None = None,
+        log_dir: str | None = None,
+    ) -> None:
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers={workers}: give at least 1")
+        self.workers = workers or os.cpu_count() or 1
+        self.capacity = {str(k): float(v) for k, v in (resources or {}).items()}
+        self.log_dir = log_dir
+        self._procs: dict[str, list[tuple[subprocess.Popen[bytes], str, dict[str, float]]]] = {}
+        self._wanted: dict[str, int] = {}
+        self._started: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        res = f", resources={self.capacity}" if self.capacity else ""
+        return f"runcache.Local(workers={self.workers}{res})"
+
+    def _need(self, sweep: "SweepHandle") -> dict[str, float]:
+        """What one item of the sweep takes from the capacity (nothing when none is declared)."""
+        return sweep.resources if self.capacity else {}
+
+    def _check_fits(self, need: dict[str, float]) -> None:
+        for name, amount in need.items():
+            if amount == 0:
+                continue
+            if name not in self.capacity:
+                raise ValueError(
+                    f"the task needs resource {name!r} ({amount}), which {self!r} does not "
+                    f"declare: pass resources={{{name!r}: ...}} to the executor"
+                )
+            if amount > self.capacity[name]:
+                raise ValueError(
+                    f"one item needs {name}={amount} but {self!r} has only "
+                    f"{self.capacity[name]}: raise the capacity or lower the task's need"
+                )
+
+    def _in_use(self) -> tuple[int, dict[str, float]]:
+        live = 0
+        used: dict[str, float] = {}
+        for procs in self._procs.values():
+            for proc, _, need in procs:
+                if proc.poll() is None:
+                    live += 1
+                    for k, v in need.items():
+                        used[k] = used.get(k, 0.0) + v
+        return live, used
+
+    def launch(self, sweep: "SweepHandle") -> None:
+        self._check_fits(self._need(sweep))
+        with self._lock:
+            self._wanted[sweep.id] = self._wanted.get(sweep.id, 0) + max(
+                1, min(self.workers, sweep.queued)
+            )
+            self._top_up(sweep)
+
+    def _top_up(self, sweep: "SweepHandle") -> None:
+        need = self._need(sweep)
+        while self._wanted.get(sweep.id, 0) > 0:
+            live, used = self._in_use()
+            if live >= self.workers:
+                return
+            if any(used.get(k, 0.0) + v > self.capacity.get(k, 0.0) + 1e-9 for k, v in need.items() if v):
+                return
+            self._start(sweep, need)
+            self._wanted[sweep.id] -= 1
+
+    def _start(self, sweep: "SweepHandle", need: dict[str, float]) -> None:
+        base = self.log_dir or os.path.join(tempfile.gettempdir(), "runcache-workers")
+        folder = os.path.join(base, sweep.id)
+        os.makedirs(folder, exist_ok=True)
+        index = self._started.get(sweep.id, 0)
+        self._started[sweep.id] = index + 1
+        log = os.path.join(folder, f"worker-{index}.log")
+        env = {**os.environ, **sweep.worker_env()}
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                sweep.worker_argv(worker_index=index),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self._procs.setdefault(sweep.id, []).append((proc, log, need))
+        if index == 0:
+            sweep.save_executor_info({"kind": "Local", "log_dir": folder})
+
+    def poll(self, sweep: "SweepHandle") -> WorkerState:
+        with self._lock:
+            self._top_up(sweep)
+            procs = self._procs.get(sweep.id, [])
+            alive = sum(p.poll() is None for p, _, _ in procs) + self._wanted.get(sweep.id, 0)
+            problems = [
+                f"worker pid {p.pid} exited with {_exit_text(p.returncode)} (log: {log})"
+                for p, log, _ in procs
+                if p.returncode not in (None, 0)
+            ]
+        return WorkerState(alive=alive, problems=problems)
+
+    def cancel(self, sweep: "SweepHandle") -> None:
+        with self._lock:
+            self._wanted[sweep.id] = 0
+            procs = self._procs.get(sweep.id, [])
+            for p, _, _ in procs:
+                if p.poll() is None:
+                    p.terminate()
+            deadline = time.monotonic() + 10
+            for p, _, _ in procs:
+                try:
+                    p.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+class Manual(Executor):
+    """Prints the worker command; you run it on any machine (or several) that reaches the store.
+    The caller then waits and shows progress until the sweep is drained."""
+
+    def __init__(self, file: Any = None) -> None:
+        self.file = file
+        self.commands: list[str] = []
+
+    def __repr__(self) -> str:
+        return "runcache.Manual()"
+
+    def launch(self, sweep: "SweepHandle") -> None:
+        cmd = sweep.worker_command()
+        self.commands.append(cmd)
+        out = self.file or sys.stdout
+        print(
+            f"runcache: sweep {sweep.id}: {sweep.queued} item(s) to compute. Run this command "
+            "(as many times, on as many machines reaching the store, as you like):\n"
+            f"  {cmd}",
+            file=out,
+            flush=True,
+        )
+
+    def poll(self, sweep: "SweepHandle") -> WorkerState:
+        # Workers run outside our sight: wait for the store to say the sweep is drained.
+        return WorkerState(alive=1)
+
+    def cancel(self, sweep: "SweepHandle") -> None:
+        print(f"runcache: stop the workers of sweep {sweep.id} yourself (Ctrl-C or kill them)",
+              file=self.file or sys.stdout)

@@ -10,8 +10,10 @@ import inspect
 import json
 import os
 import signal
+import sys
 import textwrap
 import threading
+import traceback
 import warnings
 from types import FrameType
 from typing import Any, Callable, Generic, Iterable, TypeVar
@@ -172,11 +174,16 @@ class Task(Generic[R]):
         ignore: Iterable[str] = (),
         files: Iterable[str] = (),
         track_code: bool = False,
+        resources: dict[str, float] | None = None,
         options: dict[str, Any] | None = None,
         _shared: dict[str, Any] | None = None,
     ) -> None:
         self.fn = fn
-        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
+        # A script run by a worker is imported as `__mp_main__` (as multiprocessing does); its
+        # tasks keep the names they have when the script runs as `__main__`.
+        module = "__main__" if fn.__module__ == "__mp_main__" else fn.__module__
+        self.name = name or f"{module}.{fn.__qualname__}"
+        self.resources = _check_resources(resources)
         self.version = str(version)
         self.track_code = track_code
         self._options = dict(options or {})
@@ -239,6 +246,147 @@ class Task(Generic[R]):
             if store.delete(json.loads(text)["key"]):
                 n += 1
         return n
+
+    # -- sweeps --------------------------------------------------------------------------
+
+    def _key_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        return _core.compute_key(self.name, self._key_version, self._bound(args, kwargs))
+
+    def _runner(self) -> dict[str, Any]:
+        """How a worker finds this task: module, qualified name, and the caller's Python."""
+        fn = self.fn
+        module = fn.__module__
+        main_file = None
+        if module in ("__main__", "__mp_main__"):
+            module = "__main__"
+            main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+            main_file = os.path.abspath(main_file) if main_file else None
+        if "<locals>" in fn.__qualname__:
+            raise TypeError(
+                f"{fn.__qualname__} is defined inside a function, so worker processes cannot "
+                "import it: define the task at module level, or use executor=runcache.Inline()"
+            )
+        return {
+            "kind": "python",
+            "module": module,
+            "qualname": fn.__qualname__,
+            "main_file": main_file,
+            "executable": sys.executable,
+            "sys_path": [os.path.abspath(p) if p else os.getcwd() for p in sys.path],
+            "cwd": os.getcwd(),
+        }
+
+    def _claim(
+        self,
+        store: Any,
+        record: dict[str, Any],
+        key: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        log_path: str,
+        capture: Callable[[], Any],
+    ) -> str:
+        """A worker's claim of one sweep item (see ``_core.Store.claim``)."""
+        bound = self._bound(args, kwargs)
+        mine = _core.compute_key(self.name, self._key_version, bound)
+        if mine != key:
+            raise RuntimeError(
+                f"item key mismatch for {self.name}: the sweep has {key[:12]}, this worker "
+                f"computes {mine[:12]} from the same arguments; the worker's code differs from "
+                "the submitter's"
+            )
+        fn = self.fn
+        source_hash = self._shared["source_hash"]
+
+        def doc() -> str:
+            return _core.key_document(self.name, self._key_version, bound)
+
+        def compute() -> tuple[Any, list[tuple[str, str]], str]:
+            scope = _scope.Scope(store.scratch_dir())
+            token = _scope.enter(scope)
+            _computing.depth = getattr(_computing, "depth", 0) + 1
+            try:
+                with capture():
+                    try:
+                        value = fn(*args, **kwargs)
+                    except BaseException:
+                        traceback.print_exc()
+                        raise
+            finally:
+                _computing.depth -= 1
+                _scope.leave(token)
+            metadata = dict(scope.metadata)
+            if source_hash:
+                metadata["source_hash"] = source_hash
+            metadata["function"] = f"{fn.__module__}.{fn.__qualname__}"
+            metadata["sweep"] = record["id"]
+            return value, scope.artifacts, json.dumps(metadata, default=str)
+
+        return store.claim(
+            self.name,
+            self._key_version,
+            record["mode"],
+            key,
+            record["created_unix_ms"],
+            doc,
+            compute,
+            log_path=log_path,
+            interrupt_types=(Terminated,),
+        )
+
+    def map(
+        self,
+        items: Iterable[Any],
+        executor: Any = None,
+        progress: bool | None = None,
+        wait: bool = True,
+        errors: str = "raise",
+    ) -> Any:
+        """Computes (or loads) the task for every item and returns the results in order.
+
+        Items: a dict is keyword arguments, a tuple positional arguments, anything else one
+        positional argument. Only items without an entry (or with a failed one, in ``retry``
+        mode) are computed, by ``executor`` (default ``runcache.Local()``: one worker process
+        per core; ``runcache.Inline()`` computes here). ``progress``: live bar (default: in
+        terminals and notebooks). ``errors="raise"`` raises :class:`runcache.SweepError` after
+        the sweep if items failed; ``errors="return"`` puts :class:`runcache.Failure` objects in
+        their place. ``wait=False`` returns one :class:`runcache.Job` per item at once.
+        """
+        from runcache import _executors, _sweep
+
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors={errors!r}: use 'raise' or 'return'")
+        calls = [_sweep.as_call(item) for item in items]
+        opts = self._effective()
+        if executor is None:
+            executor = _executors.Local()
+        if getattr(executor, "inline", False):
+            return executor.run(self, calls, opts, progress=progress, wait=wait, errors=errors)
+        handle, keys, _ = _sweep.submit(self, calls, executor, opts)
+        if handle is None:
+            # Everything is settled already: no sweep is written, nothing starts.
+            store = _config.open_store(opts)
+            if not wait:
+                return [_executors.settled_job(store, i, k, opts) for i, k in enumerate(keys)]
+            return _sweep.collect(store, keys, errors, opts.get("mmap", True))
+        if not wait:
+            return handle.jobs()
+        return handle.results(errors=errors, progress=progress, mmap=opts.get("mmap", True))
+
+    def submit(self, *args: Any, executor: Any = None, **kwargs: Any) -> Any:
+        """Starts one call on ``executor`` and returns its :class:`runcache.Job` at once."""
+        from runcache import _executors, _sweep
+
+        opts = self._effective()
+        if executor is None:
+            executor = _executors.Local(workers=1)
+        calls = [(args, kwargs)]
+        if getattr(executor, "inline", False):
+            return executor.run(self, calls, opts, progress=False, wait=False, errors="return")[0]
+        handle, keys, _ = _sweep.submit(self, calls, executor, opts)
+        if handle is None:
+            return _executors.settled_job(_config.open_store(opts), 0, keys[0], opts)
+        return handle.jobs()[0]
 
     # -- calling -------------------------------------------------------------------------
 
@@ -305,6 +453,17 @@ class Task(Generic[R]):
         return result
 
 
+def _check_resources(resources: dict[str, float] | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, amount in (resources or {}).items():
+        if not isinstance(amount, (int, float)) or amount < 0:
+            raise ValueError(
+                f"resources[{name!r}] = {amount!r}: give a non-negative number, e.g. {{'ram': 1.5}}"
+            )
+        out[str(name)] = float(amount)
+    return out
+
+
 def task(
     fn: Callable[..., R] | None = None,
     *,
@@ -313,6 +472,7 @@ def task(
     ignore: Iterable[str] = (),
     files: Iterable[str] = (),
     track_code: bool = False,
+    resources: dict[str, float] | None = None,
     **options: Any,
 ) -> Any:
     """Makes ``fn`` a task: each call is computed once and then loaded from the store.
@@ -320,7 +480,9 @@ def task(
     ``name``: namespace of its entries (default ``module.qualname``); ``version``: bump it when
     the function's behaviour changes; ``ignore``: parameters left out of the key (verbosity,
     device); ``files``: parameters naming files whose CONTENT enters the key instead of the path;
-    ``track_code``: make the function's normalized source part of the key. Other keyword
+    ``track_code``: make the function's normalized source part of the key; ``resources``: what
+    one call needs when run by an executor, e.g. ``{"ram": 1.5, "gpu": 1}`` (an executor never
+    runs more than its declared capacity at once). Other keyword
     options (store, mode, mmap, wait_timeout) become the task's defaults.
     """
     _config._check(options)
@@ -334,6 +496,7 @@ def task(
                 ignore=ignore,
                 files=files,
                 track_code=track_code,
+                resources=resources,
                 options=options,
             )
         )
@@ -350,6 +513,6 @@ def _as_function(t: Task[R]) -> Callable[..., R]:
         return t(*args, **kwargs)
 
     call.task = t  # type: ignore[attr-defined]
-    for attr in ("entry", "options", "explain", "clear", "key", "name", "version"):
+    for attr in ("entry", "options", "explain", "clear", "key", "name", "version", "map", "submit"):
         setattr(call, attr, getattr(t, attr))
     return call

@@ -20,9 +20,12 @@ pub fn run(cli: &Cli) -> Result<i32> {
     {
         return init(cli, path.as_deref(), shared.as_deref(), *file_mode);
     }
+    if let Command::Worker { args } = &cli.command {
+        return crate::sweeps::worker(&cli.store, args);
+    }
     let store = open(&cli.store)?;
     match &cli.command {
-        Command::Init { .. } => unreachable!("handled above"),
+        Command::Init { .. } | Command::Worker { .. } => unreachable!("handled above"),
         Command::Ls {
             namespace,
             namespaces,
@@ -54,11 +57,13 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Verify { repair } => verify(cli, &store, *repair),
         Command::Du => du(cli, &store),
         Command::Leases => leases(cli, &store),
+        Command::Status { sweep } => crate::sweeps::status(cli, &store, sweep.as_deref()),
+        Command::Logs { key } => crate::sweeps::logs(&store, key),
     }
 }
 
 /// Opens an existing store; a missing local directory is an error, not a new empty store.
-fn open(location: &str) -> Result<Store> {
+pub(crate) fn open(location: &str) -> Result<Store> {
     let is_path = !location.contains("://");
     let path = location.split('?').next().unwrap_or(location);
     if is_path && !std::path::Path::new(path).exists() {

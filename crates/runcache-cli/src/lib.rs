@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod format;
+mod sweeps;
 
 /// Make every expensive computation run once: inspect and govern a runcache store.
 #[derive(Parser, Debug)]
@@ -111,6 +112,25 @@ pub enum Command {
     Du,
     /// Who holds which lease, since when, and whether the holder is alive.
     Leases,
+    /// Item counts of a sweep (completed, cached, running, failed, queued) and its failures
+    /// with their logs; without SWEEP, every sweep of the store.
+    Status {
+        /// The sweep id (as printed when it was submitted).
+        sweep: Option<String>,
+    },
+    /// Print the stdout/stderr a worker captured while computing an entry.
+    Logs {
+        /// The entry's key (or a unique prefix of it).
+        key: String,
+    },
+    /// Compute the items of a sweep until it is drained (runs the sweep's Python worker:
+    /// `--sweep ID [--max-items N] [--idle-exit SECONDS]`).
+    #[command(disable_help_flag = true)]
+    Worker {
+        /// Worker options, passed on: --sweep ID [--max-items N] [--idle-exit SECONDS].
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use runcache::lease::LeaseOptions;
 use runcache::manifest::{Manifest, Status};
-use runcache::{Failure, GcOptions, Key, Mode, StoreOptions};
+use runcache::{Claim, Failure, GcOptions, Key, Mode, StoreOptions, SweepRecord};
 
 use crate::codec::{Outcome, PickleCodec, Pickled};
 use crate::errors::to_py;
@@ -171,14 +171,7 @@ impl Store {
         let stash: Mutex<Option<PyErr>> = Mutex::new(None);
         let computed = AtomicBool::new(false);
         let codec = PickleCodec { mmap };
-        let doc_fn = || -> runcache::Result<serde_json::Value> {
-            Python::attach(|py| -> PyResult<serde_json::Value> {
-                let text: String = doc.call0(py)?.extract(py)?;
-                serde_json::from_str(&text)
-                    .map_err(|e| PyRuntimeError::new_err(format!("key document is not JSON: {e}")))
-            })
-            .map_err(|e| runcache::Error::Invalid(format!("cannot build the key document: {e}")))
-        };
+        let doc_fn = || json_doc(&doc);
         let result = py.detach(|| {
             task.get_or_compute_keyed(key, &doc_fn, &codec, |ctx| {
                 computed.store(true, Ordering::Relaxed);
@@ -202,6 +195,249 @@ impl Store {
                 None => Err(to_py(e)),
             },
         }
+    }
+
+    /// A worker's attempt at one sweep item (see the engine's `Task::claim_keyed`): computes
+    /// the item unless its entry already settles it or another live process holds it. Returns
+    /// `"done:<status>"`, `"busy"` or `"computed:<status>"`. A failure of the computation is
+    /// recorded, not raised, except an interruption (KeyboardInterrupt, `interrupt_types`),
+    /// which is recorded and then re-raised. `log_path` is the item's captured output.
+    #[pyo3(signature = (namespace, version, mode, key, since_unix_ms, doc, compute, log_path=None, interrupt_types=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn claim(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        version: &str,
+        mode: &str,
+        key: &str,
+        since_unix_ms: u64,
+        doc: Py<PyAny>,
+        compute: Py<PyAny>,
+        log_path: Option<PathBuf>,
+        interrupt_types: Option<Py<PyTuple>>,
+    ) -> PyResult<String> {
+        let mode: Mode = mode.parse().map_err(to_py)?;
+        let key = parse_key(key)?;
+        let task = self
+            .inner
+            .task(namespace)
+            .version(version)
+            .mode(mode)
+            .validator(Arc::new(stale_dependency));
+        let stash: Mutex<Option<(PyErr, bool)>> = Mutex::new(None);
+        let doc_fn = || json_doc(&doc);
+        let codec = PickleCodec { mmap: true };
+        let claim = py
+            .detach(|| {
+                task.claim_keyed(
+                    key,
+                    since_unix_ms,
+                    &doc_fn,
+                    &codec,
+                    log_path.as_deref(),
+                    |ctx| {
+                        Python::attach(|py| {
+                            run_compute(py, &compute, ctx).map_err(|err| {
+                                let failure = describe(py, &err, interrupt_types.as_ref());
+                                *stash.lock().unwrap() = Some((err, failure.interrupted));
+                                failure
+                            })
+                        })
+                    },
+                )
+            })
+            .map_err(to_py)?;
+        if let Some((err, true)) = stash.into_inner().unwrap() {
+            return Err(err);
+        }
+        Ok(match claim {
+            Claim::Done(s) => format!("done:{}", s.as_str()),
+            Claim::Busy => "busy".into(),
+            Claim::Computed(s) => format!("computed:{}", s.as_str()),
+        })
+    }
+
+    /// Stores a Python object outside any entry (pickle protocol 5; large buffers as their own
+    /// blobs) and returns its description as JSON text, for `get_value`.
+    fn put_value(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<String> {
+        let parts = Pickled::of(py, value)?;
+        let backend = self.inner.backend().clone();
+        let stream = &parts.stream;
+        let buffers: Vec<&[u8]> = parts
+            .buffers
+            .iter()
+            // SAFETY: each buffer is exported (held by `parts`) until this function returns,
+            // contiguous bytes (PickleBuffer.raw()), and not mutated while we hold the export.
+            .map(|b| unsafe { std::slice::from_raw_parts(b.buf_ptr() as *const u8, b.len_bytes()) })
+            .collect();
+        let described = py
+            .detach(|| -> runcache::Result<serde_json::Value> {
+                let put = |data: &[u8]| -> runcache::Result<serde_json::Value> {
+                    let digest = backend.put_blob_hashing(data)?;
+                    Ok(serde_json::json!([digest.to_hex(), data.len()]))
+                };
+                let mut out = Vec::with_capacity(buffers.len());
+                for b in &buffers {
+                    out.push(put(b)?);
+                }
+                Ok(serde_json::json!({"pickle": put(stream)?, "buffers": out}))
+            })
+            .map_err(to_py)?;
+        Ok(described.to_string())
+    }
+
+    /// Loads an object stored by `put_value` (verified; large buffers mapped read-only).
+    fn get_value(&self, py: Python<'_>, description: &str) -> PyResult<Py<PyAny>> {
+        let bad =
+            |e: serde_json::Error| PyRuntimeError::new_err(format!("bad value description: {e}"));
+        let d: serde_json::Value = serde_json::from_str(description).map_err(bad)?;
+        type Part = (runcache::Digest, u64);
+        let pickle: Part = serde_json::from_value(d["pickle"].clone()).map_err(bad)?;
+        let buffers: Vec<Part> = serde_json::from_value(d["buffers"].clone()).map_err(bad)?;
+        let mut blobs = vec![("pickle".to_string(), pickle)];
+        blobs.extend(
+            buffers
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| (format!("buffer:{i}"), b)),
+        );
+        let manifest = Manifest {
+            format: runcache::manifest::MANIFEST_FORMAT,
+            key: Key(pickle.0),
+            namespace: "(stored value)".into(),
+            version: String::new(),
+            key_doc: serde_json::Value::Null,
+            status: Status::Completed,
+            artifacts: Vec::new(),
+            dependencies: Vec::new(),
+            error: None,
+            created_unix_ms: 0,
+            duration_s: 0.0,
+            host: String::new(),
+            pid: 0,
+            encoding: crate::codec::ENCODING.into(),
+            metadata: Default::default(),
+            signature: None,
+            blobs: blobs
+                .into_iter()
+                .map(|(role, (digest, size))| runcache::manifest::BlobRef {
+                    role,
+                    digest,
+                    size,
+                    inline: None,
+                })
+                .collect(),
+        };
+        let codec = PickleCodec { mmap: true };
+        let outcome = py
+            .detach(|| runcache::ValueCodec::decode(&codec, &self.inner, &manifest))
+            .map_err(to_py)?;
+        Ok(outcome.value)
+    }
+
+    /// For each key: whether its entry settles an item of a sweep submitted at `since_unix_ms`
+    /// in `mode` (completed or failed, with retry/force redoing older entries).
+    fn statuses(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        mode: &str,
+        since_unix_ms: u64,
+    ) -> PyResult<Vec<bool>> {
+        let mode: Mode = mode.parse().map_err(to_py)?;
+        let keys = keys
+            .iter()
+            .map(|k| parse_key(k))
+            .collect::<PyResult<Vec<_>>>()?;
+        py.detach(|| {
+            keys.iter()
+                .map(|k| self.inner.settles(k, mode, since_unix_ms))
+                .collect::<runcache::Result<Vec<bool>>>()
+        })
+        .map_err(to_py)
+    }
+
+    /// The state of one sweep item: pending, running, completed, cached, failed, interrupted.
+    fn item_state(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        mode: &str,
+        since_unix_ms: u64,
+    ) -> PyResult<String> {
+        let mode: Mode = mode.parse().map_err(to_py)?;
+        let key = parse_key(key)?;
+        let state = py
+            .detach(|| self.inner.item_state(&key, mode, since_unix_ms))
+            .map_err(to_py)?;
+        Ok(serde_json::to_value(state)
+            .expect("state serializes")
+            .as_str()
+            .expect("a string")
+            .to_string())
+    }
+
+    /// Writes (creates or replaces) a sweep record given as JSON text.
+    fn save_sweep(&self, py: Python<'_>, record: &str) -> PyResult<()> {
+        let record: SweepRecord = serde_json::from_str(record)
+            .map_err(|e| PyRuntimeError::new_err(format!("bad sweep record: {e}")))?;
+        py.detach(|| self.inner.save_sweep(&record)).map_err(to_py)
+    }
+
+    /// Stores a sweep's item keys; returns the digest of the key list.
+    fn save_sweep_keys(&self, py: Python<'_>, keys: Vec<String>) -> PyResult<String> {
+        let keys = keys
+            .iter()
+            .map(|k| parse_key(k))
+            .collect::<PyResult<Vec<_>>>()?;
+        let digest = py
+            .detach(|| self.inner.save_sweep_keys(&keys))
+            .map_err(to_py)?;
+        Ok(digest.to_hex())
+    }
+
+    /// The record of sweep `id` as JSON text.
+    fn sweep(&self, py: Python<'_>, id: &str) -> PyResult<String> {
+        let r = py.detach(|| self.inner.sweep(id)).map_err(to_py)?;
+        Ok(serde_json::to_string(&r).expect("record serializes"))
+    }
+
+    /// Every sweep record (JSON text), oldest first.
+    fn sweeps(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let all = py.detach(|| self.inner.sweeps()).map_err(to_py)?;
+        Ok(all
+            .iter()
+            .map(|r| serde_json::to_string(r).expect("record serializes"))
+            .collect())
+    }
+
+    /// Deletes a sweep record (its entries stay); returns whether it existed.
+    fn delete_sweep(&self, py: Python<'_>, id: &str) -> PyResult<bool> {
+        py.detach(|| self.inner.delete_sweep(id)).map_err(to_py)
+    }
+
+    /// The item keys of sweep `id`, in order.
+    fn sweep_keys(&self, py: Python<'_>, id: &str) -> PyResult<Vec<String>> {
+        let keys = py
+            .detach(|| {
+                let r = self.inner.sweep(id)?;
+                self.inner.sweep_keys(&r)
+            })
+            .map_err(to_py)?;
+        Ok(keys.iter().map(Key::to_hex).collect())
+    }
+
+    /// Item counts of sweep `id` by state (JSON text); `all_items` lists every item's state.
+    #[pyo3(signature = (id, all_items=false))]
+    fn sweep_status(&self, py: Python<'_>, id: &str, all_items: bool) -> PyResult<String> {
+        let status = py
+            .detach(|| {
+                let r = self.inner.sweep(id)?;
+                self.inner.sweep_status(&r, all_items)
+            })
+            .map_err(to_py)?;
+        Ok(serde_json::to_string(&status).expect("status serializes"))
     }
 
     /// The manifest of `key` as JSON text, or None.
@@ -286,6 +522,16 @@ impl Store {
             .map_err(to_py)?;
         Ok(serde_json::to_string(&report).expect("report serializes"))
     }
+}
+
+/// Calls the Python key-document builder and parses its JSON text.
+fn json_doc(doc: &Py<PyAny>) -> runcache::Result<serde_json::Value> {
+    Python::attach(|py| -> PyResult<serde_json::Value> {
+        let text: String = doc.call0(py)?.extract(py)?;
+        serde_json::from_str(&text)
+            .map_err(|e| PyRuntimeError::new_err(format!("key document is not JSON: {e}")))
+    })
+    .map_err(|e| runcache::Error::Invalid(format!("cannot build the key document: {e}")))
 }
 
 /// Runs the Python computation and turns its return into an engine outcome.

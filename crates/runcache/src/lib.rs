@@ -27,9 +27,10 @@ pub mod store;
 
 pub use digest::Digest;
 pub use engine::{
-    BlobData, Context, Entry, EntryInfo, Failure, GcOptions, GcReport, MapOptions, Mode,
-    NamespaceUsage, Progress, Store, StoreOptions, Task, Usage, Validator, ValueCodec,
-    VerifyProblem, VerifyReport,
+    settles_item, BlobData, Claim, Context, Entry, EntryInfo, Failure, GcOptions, GcReport,
+    ItemState, ItemStatus, MapOptions, Mode, NamespaceUsage, Progress, Store, StoreOptions,
+    SweepRecord, SweepStatus, Task, Usage, Validator, ValueCodec, VerifyProblem, VerifyReport,
+    LOG_ARTIFACT, SWEEP_FORMAT,
 };
 pub use error::{Error, Result};
 pub use key::Key;

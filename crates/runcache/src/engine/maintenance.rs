@@ -240,7 +240,7 @@ impl Store {
         }
     }
 
-    /// Deletes blobs that no manifest references and that are older than `grace`. Returns
+    /// Deletes blobs that no manifest or sweep record references and that are older than `grace`. Returns
     /// (blobs removed, bytes freed).
     pub fn remove_unreferenced_blobs(&self, grace: Duration) -> Result<(u64, u64)> {
         let mut referenced: HashSet<Digest> = HashSet::new();
@@ -248,6 +248,10 @@ impl Store {
             if let Ok(Some(m)) = self.manifest(&key) {
                 referenced.extend(m.external_digests().copied());
             }
+        }
+        // A sweep's key list and payload live as long as its record.
+        for sweep in self.sweeps()? {
+            referenced.extend(sweep.referenced_blobs().copied());
         }
         let (mut n, mut bytes) = (0, 0);
         for b in self.backend().list_blobs()? {

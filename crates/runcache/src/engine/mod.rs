@@ -8,6 +8,7 @@ mod maintenance;
 mod map;
 mod mapped;
 mod store;
+mod sweep;
 mod task;
 
 pub use context::Context;
@@ -18,4 +19,5 @@ pub use maintenance::{
 pub use map::MapOptions;
 pub use mapped::BlobData;
 pub use store::{EntryInfo, Store, StoreOptions};
-pub use task::{Failure, Mode, Task, Validator, ValueCodec};
+pub use sweep::{ItemState, ItemStatus, SweepRecord, SweepStatus, SWEEP_FORMAT};
+pub use task::{settles_item, Claim, Failure, Mode, Task, Validator, ValueCodec, LOG_ARTIFACT};

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::fmt::Display;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -166,6 +167,35 @@ impl ValueCodec<Vec<u8>> for RawBytes {
     }
     fn decode(&self, store: &Store, manifest: &Manifest) -> Result<Vec<u8>> {
         store.read_role(manifest, "value", "raw", "Vec<u8>")
+    }
+}
+
+/// Name of the artifact holding a worker's captured stdout/stderr of one item.
+pub const LOG_ARTIFACT: &str = "runcache.log";
+
+/// What a worker's [`Task::claim_keyed`] of one sweep item found or did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The entry is final for the sweep (completed, or failed and not to be retried): nothing
+    /// to do.
+    Done(Status),
+    /// A live process holds the item's lease: try again later.
+    Busy,
+    /// This process computed the item and recorded the outcome with this status.
+    Computed(Status),
+}
+
+/// Whether a stored entry settles a sweep item submitted at `since_unix_ms` in `mode`:
+/// completed and failed entries are final, except that `retry` redoes failures and `force`
+/// redoes everything recorded before the sweep was submitted. Interrupted entries never are.
+pub fn settles_item(mode: Mode, since_unix_ms: u64, manifest: &Manifest) -> bool {
+    let fresh = manifest.created_unix_ms >= since_unix_ms;
+    match (manifest.status, mode) {
+        (Status::Interrupted, _) => false,
+        (_, Mode::Force) => fresh,
+        (Status::Completed, _) => true,
+        (Status::Failed, Mode::Retry) => fresh,
+        (Status::Failed, _) => true,
     }
 }
 
@@ -355,7 +385,7 @@ impl Task {
                     guard.set_interrupt_hook(Box::new(move || {
                         record_interrupted(&hook_store, hook_manifest)
                     }));
-                    let out = self.compute_and_commit(key, doc, f, codec, replace);
+                    let out = self.compute_and_commit(key, doc, f, codec, replace, None);
                     release(guard);
                     return out;
                 }
@@ -377,6 +407,79 @@ impl Task {
                     }
                 }
             }
+        }
+    }
+
+    /// A worker's attempt at one sweep item: if the entry does not yet settle the item (see
+    /// [`settles_item`]; `since_unix_ms` is when the sweep was submitted) and nobody holds its
+    /// lease, computes it with `f` and commits the outcome, with the file at `log` (the item's
+    /// captured output, if any) stored as the artifact [`LOG_ARTIFACT`]. Never waits and never
+    /// loads a stored value.
+    pub fn claim_keyed<T, F>(
+        &self,
+        key: Key,
+        since_unix_ms: u64,
+        doc: &dyn Fn() -> Result<serde_json::Value>,
+        codec: &dyn ValueCodec<T>,
+        log: Option<&Path>,
+        f: F,
+    ) -> Result<Claim>
+    where
+        F: FnOnce(&mut Context) -> std::result::Result<T, Failure>,
+    {
+        if matches!(self.mode, Mode::Off | Mode::ReadOnly) {
+            return Err(Error::Invalid(format!(
+                "a sweep cannot run in mode `{}`: workers must write entries (use cached, retry or force)",
+                self.mode.as_str()
+            )));
+        }
+        let settled = |key: &Key| -> Result<Option<Status>> {
+            Ok(match self.store.lookup(key)? {
+                Lookup::Found(m)
+                    if settles_item(self.mode, since_unix_ms, &m)
+                        && !(m.status == Status::Completed
+                            && self.validator.as_ref().is_some_and(|v| v(&m).is_some())) =>
+                {
+                    Some(m.status)
+                }
+                _ => None,
+            })
+        };
+        if let Some(status) = settled(&key)? {
+            return Ok(Claim::Done(status));
+        }
+        let guard = match self.store.leases().try_acquire(&key, &self.namespace)? {
+            Acquire::Won(guard) => guard,
+            Acquire::Busy(_) => return Ok(Claim::Busy),
+        };
+        if let Some(status) = settled(&key)? {
+            release(guard);
+            return Ok(Claim::Done(status));
+        }
+        let replace = !matches!(self.store.lookup(&key)?, Lookup::Missing);
+        let doc = doc()?;
+        let hook_store = self.store.clone();
+        let hook_manifest = self.manifest_for(key, doc.clone(), Status::Interrupted);
+        guard.set_interrupt_hook(Box::new(move || {
+            record_interrupted(&hook_store, hook_manifest)
+        }));
+        let mut interrupted = false;
+        let out = self.compute_and_commit(
+            key,
+            doc,
+            |ctx: &mut Context| f(ctx).inspect_err(|failure| interrupted = failure.interrupted),
+            codec,
+            replace,
+            log,
+        );
+        release(guard);
+        match out {
+            Ok(_) => Ok(Claim::Computed(Status::Completed)),
+            Err(Error::ComputeFailed { .. }) if interrupted => {
+                Ok(Claim::Computed(Status::Interrupted))
+            }
+            Err(Error::ComputeFailed { .. }) => Ok(Claim::Computed(Status::Failed)),
+            Err(e) => Err(e),
         }
     }
 
@@ -491,6 +594,7 @@ impl Task {
         f: F,
         codec: &dyn ValueCodec<T>,
         replace: bool,
+        log: Option<&Path>,
     ) -> Result<T>
     where
         F: FnOnce(&mut Context) -> std::result::Result<T, Failure>,
@@ -500,6 +604,11 @@ impl Task {
         context::push_frame();
         let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut ctx)));
         let dependencies = context::pop_frame();
+        if let Some(log) = log.filter(|p| p.metadata().is_ok_and(|m| m.len() > 0)) {
+            ctx.artifacts.retain(|(n, _)| n != LOG_ARTIFACT);
+            ctx.artifacts
+                .push((LOG_ARTIFACT.to_string(), log.to_path_buf()));
+        }
         let mut manifest = self.manifest_for(key, doc, Status::Completed);
         manifest.duration_s = t0.elapsed().as_secs_f64();
         manifest.dependencies = dependencies;
@@ -526,6 +635,11 @@ impl Task {
                     error_type: failure.error_type,
                     message: failure.message.clone(),
                     traceback: failure.traceback,
+                });
+                // What a failed computation left (its log, partial artifacts) is kept with it.
+                manifest.artifacts = self.store_artifacts(&ctx).unwrap_or_else(|e| {
+                    log::warn!("runcache: could not store the artifacts of failed {key}: {e}");
+                    Vec::new()
                 });
                 // An interruption never replaces a completed entry (force mode).
                 let keep_completed = failure.interrupted

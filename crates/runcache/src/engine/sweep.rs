@@ -1,0 +1,363 @@
+//! Sweeps: many items of one task submitted together and computed by workers.
+//!
+//! A sweep is a small record (kind `sweeps` in the backend's records) plus two kinds of blobs:
+//! the item keys (32 bytes each, in item order) and a runner-specific payload telling a worker
+//! how to compute each item (for Python: the callable and pickled arguments). Nothing else is
+//! kept: an item's state is read from the store itself — its entry (completed, failed,
+//! interrupted) and its lease (running) — so every session, the CLI and every worker see the
+//! same truth.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::store::{Lookup, Store};
+use super::task::{settles_item, Mode, LOG_ARTIFACT};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::manifest::{BlobRef, Status};
+
+/// Format of the sweep record written by this engine.
+pub const SWEEP_FORMAT: u32 = 1;
+
+/// The record kind sweeps are stored under.
+const KIND: &str = "sweeps";
+
+/// Everything a worker and a status reader need to know about one sweep.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SweepRecord {
+    /// Record format ([`SWEEP_FORMAT`]).
+    pub format: u32,
+    /// The sweep's id (letters, digits, `-`, `_`, `.`).
+    pub id: String,
+    /// When it was submitted (unix ms); in `retry`/`force` mode, entries recorded before this
+    /// are recomputed.
+    pub created_unix_ms: u64,
+    /// Task namespace of every item.
+    pub namespace: String,
+    /// Task version (as used in the keys).
+    pub version: String,
+    /// Lookup mode of the workers: `cached`, `retry` or `force`.
+    pub mode: String,
+    /// Number of items.
+    pub count: u64,
+    /// Blob of the item keys, 32 bytes each, in item order.
+    pub keys: Digest,
+    /// Runner-specific blob describing how to compute each item.
+    #[serde(default)]
+    pub payload: Option<Digest>,
+    /// Further blobs the payload refers to (kept by gc while the sweep exists).
+    #[serde(default)]
+    pub blobs: Vec<Digest>,
+    /// How workers run items (for Python: interpreter, `sys.path`, callable).
+    #[serde(default)]
+    pub runner: serde_json::Value,
+    /// Resources one item needs (e.g. `{"ram": 1.5}`).
+    #[serde(default)]
+    pub resources: BTreeMap<String, f64>,
+    /// What the executor recorded (job ids, log directory).
+    #[serde(default)]
+    pub executor: serde_json::Value,
+}
+
+impl SweepRecord {
+    /// The sweep's lookup mode.
+    pub fn mode(&self) -> Result<Mode> {
+        self.mode.parse()
+    }
+
+    /// Every blob the sweep needs (gc keeps them while the record exists).
+    pub fn referenced_blobs(&self) -> impl Iterator<Item = &Digest> {
+        std::iter::once(&self.keys)
+            .chain(self.payload.iter())
+            .chain(self.blobs.iter())
+    }
+}
+
+/// The state of one item, derived from the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemState {
+    /// Queued; no worker holds it.
+    Pending,
+    /// A live worker holds its lease.
+    Running,
+    /// Computed by this sweep.
+    Completed,
+    /// Completed before the sweep was submitted (loaded from the cache).
+    Cached,
+    /// Its computation failed (recorded).
+    Failed,
+    /// Its computation was interrupted; it is queued again.
+    Interrupted,
+}
+
+/// One item's state, with where to look when it failed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ItemStatus {
+    /// Position in the sweep.
+    pub index: u64,
+    /// Entry key.
+    pub key: Key,
+    /// State.
+    pub state: ItemState,
+    /// `Type: message` of a failure or interruption.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Host that recorded the entry, or that runs it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Where the item's captured output is: a local file, or the command that prints it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+}
+
+/// Counts of a sweep's items by state, plus the items that need attention.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SweepStatus {
+    /// Sweep id.
+    pub id: String,
+    /// Task namespace.
+    pub namespace: String,
+    /// Number of items.
+    pub total: u64,
+    /// Queued, no worker yet.
+    pub pending: u64,
+    /// Held by a live worker.
+    pub running: u64,
+    /// Computed by this sweep.
+    pub completed: u64,
+    /// Loaded from entries that existed before the sweep.
+    pub cached: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Interrupted (queued again).
+    pub interrupted: u64,
+    /// Per-item states: every item when asked for, else the failed and interrupted ones.
+    pub items: Vec<ItemStatus>,
+}
+
+impl SweepStatus {
+    /// True when every item is settled (completed, cached or failed).
+    pub fn drained(&self) -> bool {
+        self.completed + self.cached + self.failed == self.total
+    }
+}
+
+impl Store {
+    /// Writes (creates or replaces) a sweep record.
+    pub fn save_sweep(&self, record: &SweepRecord) -> Result<()> {
+        let bytes = serde_json::to_vec(record).expect("a sweep record serializes");
+        self.backend().put_record(KIND, &record.id, &bytes)
+    }
+
+    /// Stores the item keys of a sweep (one blob) and returns its digest.
+    pub fn save_sweep_keys(&self, keys: &[Key]) -> Result<Digest> {
+        let bytes: Vec<u8> = keys.iter().flat_map(|k| *k.digest().as_bytes()).collect();
+        self.backend().put_blob_hashing(&bytes)
+    }
+
+    /// The record of sweep `id`.
+    pub fn sweep(&self, id: &str) -> Result<SweepRecord> {
+        let Some(bytes) = self.backend().get_record(KIND, id)? else {
+            let known = self.backend().list_records(KIND)?;
+            let hint = match known.last() {
+                Some(last) => format!(
+                    "; this store has {} sweep(s), the newest is {last} (`runcache status` lists them)",
+                    known.len()
+                ),
+                None => "; this store has no sweeps".into(),
+            };
+            return Err(Error::Invalid(format!(
+                "no sweep `{id}` in {}{hint}",
+                self.location()
+            )));
+        };
+        let record: SweepRecord = serde_json::from_slice(&bytes).map_err(|e| Error::Malformed {
+            what: "sweep record",
+            path: format!("{} sweep {id}", self.location()),
+            message: e.to_string(),
+        })?;
+        if record.format > SWEEP_FORMAT {
+            return Err(Error::Invalid(format!(
+                "sweep {id} was written in format {} by a newer runcache; upgrade runcache to read it",
+                record.format
+            )));
+        }
+        Ok(record)
+    }
+
+    /// Every sweep record of the store, oldest first.
+    pub fn sweeps(&self) -> Result<Vec<SweepRecord>> {
+        let mut out = Vec::new();
+        for id in self.backend().list_records(KIND)? {
+            match self.sweep(&id) {
+                Ok(r) => out.push(r),
+                Err(e) => log::warn!("runcache: skipping sweep {id}: {e}"),
+            }
+        }
+        out.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
+        Ok(out)
+    }
+
+    /// Deletes a sweep record (its entries stay); returns whether it existed.
+    pub fn delete_sweep(&self, id: &str) -> Result<bool> {
+        self.backend().delete_record(KIND, id)
+    }
+
+    /// The item keys of a sweep, in item order.
+    pub fn sweep_keys(&self, record: &SweepRecord) -> Result<Vec<Key>> {
+        let expected = record.count * 32;
+        let size = self.backend().blob_size(&record.keys)?;
+        if size != Some(expected) {
+            return Err(Error::Invalid(format!(
+                "the key list of sweep {} is missing or damaged (blob {}); resubmit the sweep",
+                record.id, record.keys
+            )));
+        }
+        let blob = BlobRef {
+            role: "sweep-keys".into(),
+            digest: record.keys,
+            size: expected,
+            inline: None,
+        };
+        let bytes = self.read_blob(&Key(record.keys), &blob)?;
+        Ok(bytes
+            .chunks_exact(32)
+            .map(|c| Key(Digest::from_bytes(c.try_into().expect("32-byte chunks"))))
+            .collect())
+    }
+
+    /// The state of every item of a sweep, read from entries and leases. With `all_items`,
+    /// `items` lists every item; otherwise only the failed and interrupted ones.
+    pub fn sweep_status(&self, record: &SweepRecord, all_items: bool) -> Result<SweepStatus> {
+        let mode = record.mode()?;
+        let keys = self.sweep_keys(record)?;
+        let running: HashSet<Key> = self
+            .leases()
+            .list()?
+            .into_iter()
+            .filter(|v| v.record.is_some() && v.alive != Some(false))
+            .map(|v| v.key)
+            .collect();
+        let mut status = SweepStatus {
+            id: record.id.clone(),
+            namespace: record.namespace.clone(),
+            total: keys.len() as u64,
+            ..Default::default()
+        };
+        for (index, key) in keys.into_iter().enumerate() {
+            let item = self.item_status(index as u64, key, mode, record, &running)?;
+            let counter = match item.state {
+                ItemState::Pending => &mut status.pending,
+                ItemState::Running => &mut status.running,
+                ItemState::Completed => &mut status.completed,
+                ItemState::Cached => &mut status.cached,
+                ItemState::Failed => &mut status.failed,
+                ItemState::Interrupted => &mut status.interrupted,
+            };
+            *counter += 1;
+            if all_items || matches!(item.state, ItemState::Failed | ItemState::Interrupted) {
+                status.items.push(item);
+            }
+        }
+        Ok(status)
+    }
+
+    /// Whether the entry of `key` settles an item of a sweep submitted at `since_unix_ms` in
+    /// `mode` (see [`settles_item`]).
+    pub fn settles(&self, key: &Key, mode: Mode, since_unix_ms: u64) -> Result<bool> {
+        Ok(match self.lookup(key)? {
+            Lookup::Found(m) => settles_item(mode, since_unix_ms, &m),
+            _ => false,
+        })
+    }
+
+    /// The state of one item (the entry of `key`, in a sweep submitted at `since_unix_ms` in
+    /// `mode`), including whether a live worker holds it.
+    pub fn item_state(&self, key: &Key, mode: Mode, since_unix_ms: u64) -> Result<ItemState> {
+        let mut running = HashSet::new();
+        if self
+            .leases()
+            .view(key)?
+            .is_some_and(|v| v.alive != Some(false))
+        {
+            running.insert(*key);
+        }
+        let record = SweepRecord {
+            format: SWEEP_FORMAT,
+            id: String::new(),
+            created_unix_ms: since_unix_ms,
+            namespace: String::new(),
+            version: String::new(),
+            mode: mode.as_str().into(),
+            count: 1,
+            keys: *key.digest(),
+            payload: None,
+            blobs: Vec::new(),
+            runner: serde_json::Value::Null,
+            resources: BTreeMap::new(),
+            executor: serde_json::Value::Null,
+        };
+        Ok(self.item_status(0, *key, mode, &record, &running)?.state)
+    }
+
+    fn item_status(
+        &self,
+        index: u64,
+        key: Key,
+        mode: Mode,
+        record: &SweepRecord,
+        running: &HashSet<Key>,
+    ) -> Result<ItemStatus> {
+        let mut item = ItemStatus {
+            index,
+            key,
+            state: ItemState::Pending,
+            error: None,
+            host: None,
+            log: None,
+        };
+        let manifest = match self.lookup(&key)? {
+            Lookup::Found(m) => Some(m),
+            _ => None,
+        };
+        if let Some(m) = &manifest {
+            item.host = Some(m.host.clone());
+            item.error = m
+                .error
+                .as_ref()
+                .map(|e| format!("{}: {}", e.error_type, e.message));
+            item.log = m
+                .artifacts
+                .iter()
+                .find(|a| a.name == LOG_ARTIFACT)
+                .map(|a| match self.backend().blob_path(&a.digest) {
+                    Some(p) => p.display().to_string(),
+                    None => format!("runcache logs {}", key.to_hex()),
+                });
+            if settles_item(mode, record.created_unix_ms, m) {
+                item.state = match m.status {
+                    Status::Completed if m.created_unix_ms < record.created_unix_ms => {
+                        ItemState::Cached
+                    }
+                    Status::Completed => ItemState::Completed,
+                    _ => ItemState::Failed,
+                };
+                return Ok(item);
+            }
+        }
+        item.state = if running.contains(&key) {
+            ItemState::Running
+        } else if manifest.is_some_and(|m| m.status == Status::Interrupted) {
+            ItemState::Interrupted
+        } else {
+            ItemState::Pending
+        };
+        if item.state != ItemState::Failed && item.state != ItemState::Interrupted {
+            item.error = None;
+        }
+        Ok(item)
+    }
+}

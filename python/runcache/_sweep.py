@@ -1,0 +1,493 @@
+"""Sweeps: many calls of one task, submitted together, computed by workers, returned in order.
+
+The store is the single source of truth. Submitting writes a sweep record (the item keys and
+the pickled arguments) to the store; executors start workers that claim items with the engine's
+leases; every state shown here (pending, running, completed, failed, interrupted) is read back
+from the store's entries and leases, from any session (`runcache.sweep(ID)`) or the CLI
+(`runcache status`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import secrets
+import shlex
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from runcache import _config, _core
+from runcache._executors import Executor, WorkerState
+
+if TYPE_CHECKING:
+    from runcache._task import Task
+
+#: How many times a sweep whose workers all ended with items left is handed back to its
+#: executor before `wait` gives up.
+DEFAULT_RESUBMITS = 2
+
+
+def grid(**axes: Any) -> list[dict[str, Any]]:
+    """The cartesian product of the axes as a list of keyword-argument dicts, last axis fastest:
+    ``grid(lr=[0.1, 0.01], seed=range(2))`` gives
+    ``[{'lr': 0.1, 'seed': 0}, {'lr': 0.1, 'seed': 1}, {'lr': 0.01, 'seed': 0}, ...]``.
+    A string, bytes or non-iterable value is one fixed value (``grid(model="mlp", seed=range(3))``).
+    """
+    names = list(axes)
+    values = []
+    for name in names:
+        v = axes[name]
+        if isinstance(v, (str, bytes)) or not isinstance(v, Iterable) or isinstance(v, dict):
+            values.append([v])
+        else:
+            values.append(list(v))
+    return [dict(zip(names, combo)) for combo in itertools.product(*values)]
+
+
+def as_call(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """One map item as call arguments: a dict is keyword arguments, a tuple positional
+    arguments, anything else the single positional argument."""
+    if isinstance(item, dict):
+        return (), dict(item)
+    if isinstance(item, tuple):
+        return item, {}
+    return (item,), {}
+
+
+@dataclasses.dataclass
+class Failure:
+    """An item that failed, returned in place of its result with ``errors="return"``."""
+
+    #: Position of the item in the sweep.
+    index: int
+    #: Entry key.
+    key: str
+    #: Exception type (``module.QualName``).
+    error_type: str
+    #: Exception message.
+    message: str
+    #: Formatted traceback, as recorded by the worker.
+    traceback: str = ""
+    #: Host that ran it.
+    host: str = ""
+    #: Where its captured output is (a file, or the command that prints it), if any.
+    log: str | None = None
+
+    def __str__(self) -> str:
+        where = f" (log: {self.log})" if self.log else ""
+        return f"item {self.index} failed: {self.error_type}: {self.message}{where}"
+
+
+class SweepError(RuntimeError):
+    """Raised after a sweep (``errors="raise"``) when items failed. ``failures`` lists them all;
+    ``results`` holds every result in order (a :class:`Failure` for failed items)."""
+
+    def __init__(self, message: str, failures: list[Failure], results: list[Any]) -> None:
+        super().__init__(message)
+        self.failures = failures
+        self.results = results
+
+
+class SweepStalled(RuntimeError):
+    """Every worker of a sweep ended (or never started) while items were still unfinished."""
+
+
+@dataclasses.dataclass
+class SweepStatus:
+    """Counts of a sweep's items by state, read from the store."""
+
+    id: str
+    total: int
+    pending: int
+    running: int
+    completed: int
+    cached: int
+    failed: int
+    interrupted: int
+    items: list[dict[str, Any]]
+
+    @property
+    def done(self) -> int:
+        """Items settled: completed, cached or failed."""
+        return self.completed + self.cached + self.failed
+
+    @property
+    def drained(self) -> bool:
+        """True when every item is settled."""
+        return self.done == self.total
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for a worker (pending or interrupted)."""
+        return self.pending + self.interrupted
+
+
+def _new_id(namespace: str) -> str:
+    short = "".join(c if c.isalnum() else "-" for c in namespace.rsplit(".", 1)[-1])[:24]
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{short.strip('-') or 'task'}-{secrets.token_hex(3)}"
+
+
+class SweepHandle:
+    """A submitted sweep: its status, its results in order, and its workers' commands.
+
+    Get one from ``task.map(items, wait=False)`` (as ``jobs[0].sweep``), ``runcache.sweep(ID)``
+    in any session, or use the id with ``runcache status ID``.
+    """
+
+    def __init__(
+        self,
+        store: _core.Store,
+        location: str | tuple[str, ...],
+        record: dict[str, Any],
+        executor: Executor | None = None,
+        queued: int | None = None,
+    ) -> None:
+        self.store = store
+        self.location = location
+        self.record = record
+        self.executor = executor
+        self._queued = queued
+        self._keys: list[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"<runcache sweep {self.id} of {self.record['namespace']}: {self.total} items>"
+
+    @property
+    def id(self) -> str:
+        """The sweep's id (use it with ``runcache.sweep(ID)`` and ``runcache status ID``)."""
+        return self.record["id"]
+
+    @property
+    def total(self) -> int:
+        """Number of items."""
+        return int(self.record["count"])
+
+    @property
+    def queued(self) -> int:
+        """Items that needed computing when the sweep was submitted (or now, if reattached)."""
+        if self._queued is None:
+            self._queued = self.status().queued
+        return self._queued
+
+    @property
+    def keys(self) -> list[str]:
+        """Entry keys of the items, in order."""
+        if self._keys is None:
+            self._keys = self.store.sweep_keys(self.id)
+        return self._keys
+
+    @property
+    def resources(self) -> dict[str, float]:
+        """What one item needs (e.g. ``{"ram": 1.5}``), as declared by the task."""
+        return dict(self.record.get("resources") or {})
+
+    # -- what executors use ------------------------------------------------------------------
+
+    def worker_argv(
+        self,
+        max_items: int | None = None,
+        idle_exit: float | None = None,
+        worker_index: int | None = None,
+    ) -> list[str]:
+        """The exact command one worker runs."""
+        runner = self.record["runner"]
+        argv = [runner.get("executable") or sys.executable, "-m", "runcache", "worker"]
+        locs = self.location if isinstance(self.location, tuple) else (self.location,)
+        for loc in locs:
+            argv += ["--store", loc]
+        argv += ["--sweep", self.id]
+        if max_items is not None:
+            argv += ["--max-items", str(max_items)]
+        if idle_exit is not None:
+            argv += ["--idle-exit", str(idle_exit)]
+        if worker_index is not None:
+            argv += ["--worker-index", str(worker_index)]
+        return argv
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment a worker needs: the caller's import path, so it imports the same code."""
+        paths = [p for p in self.record["runner"].get("sys_path", []) if p]
+        return {"PYTHONPATH": os.pathsep.join(paths)} if paths else {}
+
+    def worker_command(self) -> str:
+        """The worker command as one shell line (with its environment)."""
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.worker_env().items())
+        cmd = " ".join(shlex.quote(a) for a in self.worker_argv())
+        return f"{env} {cmd}" if env else cmd
+
+    @property
+    def executor_info(self) -> dict[str, Any]:
+        """What the executor recorded about this sweep (job ids, log directory)."""
+        return dict(self.record.get("executor") or {})
+
+    def save_executor_info(self, info: dict[str, Any]) -> None:
+        """Records executor state in the sweep record (visible to later sessions and the CLI)."""
+        self.record["executor"] = {**self.executor_info, **info}
+        self.store.save_sweep(json.dumps(self.record))
+
+    # -- state -------------------------------------------------------------------------------
+
+    def status(self, all_items: bool = False) -> SweepStatus:
+        """Item counts by state, read from the store now. ``items`` lists the failed and
+        interrupted items (every item with ``all_items=True``)."""
+        s = json.loads(self.store.sweep_status(self.id, all_items))
+        return SweepStatus(
+            id=s["id"],
+            total=s["total"],
+            pending=s["pending"],
+            running=s["running"],
+            completed=s["completed"],
+            cached=s["cached"],
+            failed=s["failed"],
+            interrupted=s["interrupted"],
+            items=s["items"],
+        )
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        progress: bool | None = None,
+        resubmits: int = DEFAULT_RESUBMITS,
+        indices: Sequence[int] | None = None,
+    ) -> SweepStatus:
+        """Waits until every item (or every item in ``indices``) is settled, showing progress.
+        Hands the sweep back to its executor when all its workers ended with items left
+        (at most ``resubmits`` times), then raises :class:`SweepStalled` naming what died."""
+        from runcache._progress import Progress
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = Progress(self, enabled=progress, initial=None)
+        interval = 0.05
+        try:
+            while True:
+                t0 = time.monotonic()
+                st = self.status()
+                bar.update(st)
+                if self._settled(st, indices):
+                    return st
+                if self.executor is not None:
+                    ws = self.executor.poll(self)
+                    if ws.alive == 0 and st.running == 0 and not self._settled(self.status(), indices):
+                        if resubmits <= 0:
+                            raise SweepStalled(self._stall_message(st, ws))
+                        resubmits -= 1
+                        bar.write(
+                            f"runcache: every worker of sweep {self.id} ended with "
+                            f"{st.queued} item(s) left; starting workers again"
+                            + "".join(f"\n  {p}" for p in ws.problems)
+                        )
+                        self.executor.launch(self)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"sweep {self.id} is not finished after {timeout} s "
+                        f"({st.done}/{st.total} done, {st.running} running, {st.queued} queued)"
+                    )
+                # Poll the store often for short sweeps, less often when reading it is costly.
+                spent = time.monotonic() - t0
+                interval = min(max(interval * 1.5, spent * 5), 2.0)
+                time.sleep(interval)
+        finally:
+            bar.close()
+
+    def _settled(self, st: SweepStatus, indices: Sequence[int] | None) -> bool:
+        if indices is None or st.drained:
+            return st.drained
+        # A subset: look at those items only.
+        keys = self.keys
+        states = self.store.statuses([keys[i] for i in indices], self.record["mode"],
+                                     self.record["created_unix_ms"])
+        return all(states)
+
+    def _stall_message(self, st: SweepStatus, ws: WorkerState) -> str:
+        lines = [
+            f"sweep {self.id}: no worker is left but {st.queued} item(s) are unfinished "
+            f"({st.done}/{st.total} done). Start workers with:\n  {self.worker_command()}"
+        ]
+        lines += [f"  {p}" for p in ws.problems]
+        return "\n".join(lines)
+
+    def results(
+        self,
+        errors: str = "raise",
+        timeout: float | None = None,
+        progress: bool | None = None,
+        mmap: bool = True,
+    ) -> list[Any]:
+        """Waits for the sweep, then returns every result in item order. ``errors="raise"``
+        raises :class:`SweepError` (all failures summarized, the first traceback shown) if any
+        item failed; ``errors="return"`` puts a :class:`Failure` in place of each failed
+        result."""
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors={errors!r}: use 'raise' or 'return'")
+        self.wait(timeout=timeout, progress=progress)
+        return collect(self.store, self.keys, errors, mmap)
+
+    def jobs(self) -> list["Job"]:
+        """One :class:`Job` per item, in order."""
+        return [Job(self, i, k) for i, k in enumerate(self.keys)]
+
+    def cancel(self) -> None:
+        """Stops this sweep's workers (items they hold are recorded interrupted)."""
+        if self.executor is not None:
+            self.executor.cancel(self)
+
+
+def collect(store: _core.Store, keys: Sequence[str], errors: str, mmap: bool = True) -> list[Any]:
+    """Loads the results of settled items in order; failures become :class:`Failure`."""
+    results: list[Any] = []
+    failures: list[Failure] = []
+    for i, key in enumerate(keys):
+        try:
+            results.append(store.load(key, mmap=mmap))
+            continue
+        except KeyError:  # no completed entry: the item failed
+            pass
+        failure = failure_of(store, i, key)
+        failures.append(failure)
+        results.append(failure)
+    if failures and errors == "raise":
+        raise SweepError(summarize(failures, len(keys)), failures, results)
+    return results
+
+
+def failure_of(store: _core.Store, index: int, key: str) -> Failure:
+    """The recorded failure of one item (or why it has no result)."""
+    text = store.manifest(key)
+    if text is None:
+        return Failure(index, key, "runcache.Missing", "the item has no entry")
+    m = json.loads(text)
+    err = m.get("error") or {}
+    log = next((a for a in m.get("artifacts", []) if a["name"] == "runcache.log"), None)
+    return Failure(
+        index=index,
+        key=key,
+        error_type=err.get("type", m.get("status", "?")),
+        message=err.get("message", ""),
+        traceback=err.get("traceback", ""),
+        host=m.get("host", ""),
+        log=f"runcache logs {key[:16]}" if log else None,
+    )
+
+
+def summarize(failures: list[Failure], total: int) -> str:
+    """A summary of every failure, then the first traceback."""
+    head = f"{len(failures)} of {total} item(s) failed:"
+    lines = [head] + [f"  {f}" for f in failures[:20]]
+    if len(failures) > 20:
+        lines.append(f"  ... and {len(failures) - 20} more (errors='return' gives them all)")
+    first = failures[0]
+    if first.traceback:
+        lines += [f"first failure (item {first.index}):", first.traceback.rstrip()]
+    return "\n".join(lines)
+
+
+class Job:
+    """One item of a sweep: ``result(timeout)``, ``status()``, ``done()``, ``key``, ``logs()``,
+    ``cancel()``."""
+
+    def __init__(self, sweep: SweepHandle, index: int, key: str) -> None:
+        self.sweep = sweep
+        self.index = index
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"<runcache job {self.sweep.id}[{self.index}] {self.status()}>"
+
+    def status(self) -> str:
+        """pending, running, completed, cached, failed or interrupted."""
+        return self.sweep.store.item_state(
+            self.key, self.sweep.record["mode"], self.sweep.record["created_unix_ms"]
+        )
+
+    def done(self) -> bool:
+        """True when the item is settled (completed, cached or failed)."""
+        return self.status() in ("completed", "cached", "failed")
+
+    def result(self, timeout: float | None = None, mmap: bool = True) -> Any:
+        """Waits for the item and returns its result; re-raises its recorded failure."""
+        if not self.done():
+            self.sweep.wait(timeout=timeout, progress=False, indices=[self.index])
+        try:
+            return self.sweep.store.load(self.key, mmap=mmap)
+        except KeyError:
+            f = failure_of(self.sweep.store, self.index, self.key)
+            raise SweepError(summarize([f], 1), [f], [f]) from None
+
+    def logs(self) -> str:
+        """The item's captured stdout and stderr ('' if it printed nothing)."""
+        return logs_of(self.sweep.store, self.key)
+
+    def cancel(self) -> None:
+        """Cancels the whole sweep's workers (items are claimed dynamically, so one item cannot
+        be withdrawn alone once workers run)."""
+        self.sweep.cancel()
+
+
+def logs_of(store: _core.Store, key: str) -> str:
+    """The captured output stored with an entry, or '' if there is none."""
+    try:
+        path = store.artifact_file(key, "runcache.log")
+    except _core.RuncacheError:
+        return ""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def submit(
+    task: "Task[Any]",
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    executor: Executor,
+    opts: dict[str, Any],
+) -> tuple[SweepHandle | None, list[str], int]:
+    """Writes a sweep for ``calls`` when some are unsettled and starts its workers.
+
+    Returns (handle or None when every item is already settled, keys, items queued).
+    """
+    mode = opts.get("mode", "cached")
+    if mode not in ("cached", "retry", "force"):
+        raise ValueError(
+            f"a sweep runs in mode cached, retry or force, not {mode!r} (workers must write entries)"
+        )
+    store = _config.open_store(opts)
+    keys = [task._key_of(args, kwargs) for args, kwargs in calls]
+    now_ms = int(time.time() * 1000)
+    # Settled at submit time (force: nothing is).
+    states = store.statuses(keys, mode, now_ms) if mode != "force" else [False] * len(keys)
+    queued = states.count(False)
+    if queued == 0:
+        return None, keys, 0
+    runner = task._runner()
+    payload = json.loads(store.put_value(calls))
+    record = {
+        "format": 1,
+        "id": _new_id(task.name),
+        "created_unix_ms": now_ms,
+        "namespace": task.name,
+        "version": task._key_version,
+        "mode": mode,
+        "count": len(keys),
+        "keys": store.save_sweep_keys(keys),
+        "payload": payload["pickle"][0],
+        "blobs": [b[0] for b in payload["buffers"]],
+        "runner": {**runner, "payload": payload},
+        "resources": dict(task.resources),
+        "executor": {"kind": type(executor).__name__},
+    }
+    store.save_sweep(json.dumps(record))
+    handle = SweepHandle(store, _config.store_location(opts), record, executor, queued)
+    handle._keys = keys
+    executor.launch(handle)
+    return handle, keys, queued
+
+
+def sweep(sweep_id: str, store: Any = None, executor: Executor | None = None) -> SweepHandle:
+    """Reattaches to a sweep from any session: its status, results and worker command.
+    ``store`` defaults to the configured store; pass an executor to start more workers
+    (``handle.executor.launch(handle)``) or to let ``wait`` restart them."""
+    opts = _config.current({} if store is None else {"store": store})
+    st = _config.open_store(opts)
+    record = json.loads(st.sweep(sweep_id))
+    return SweepHandle(st, _config.store_location(opts), record, executor)
