@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -25,10 +26,13 @@ class WorkerState:
 
     ``alive``: workers running or still waiting to start (e.g. pending in SLURM). ``problems``:
     human-readable reports of workers that ended without finishing (with their log paths).
+    ``fatal``: workers could not even start on the sweep (exit status 2: the task cannot be
+    imported, the code differs from the submitter's): starting more would fail the same way.
     """
 
     alive: int
     problems: list[str] = dataclasses.field(default_factory=list)
+    fatal: bool = False
 
 
 class Executor:
@@ -95,12 +99,12 @@ class Inline(Executor):
                     if not before[i]:
                         counts.completed += 1
                 except Exception as e:  # noqa: BLE001 - recorded per item
-                    if errors == "raise" and wait:
-                        failure = _sweep.failure_of(store, i, keys[i])
-                        if failure.error_type == "runcache.Missing":
-                            failure = _sweep.Failure(i, keys[i], type(e).__qualname__, str(e))
-                    else:
-                        failure = _sweep.failure_of(store, i, keys[i])
+                    failure = _sweep.failure_of(store, i, keys[i])
+                    if failure.error_type == "runcache.Missing":  # nothing recorded (mode off)
+                        failure = _sweep.Failure(
+                            i, keys[i], f"{type(e).__module__}.{type(e).__qualname__}", str(e),
+                            traceback.format_exc(),
+                        )
                     counts.failed += 1
                     failures.append(failure)
                     results.append(failure)
@@ -282,12 +286,14 @@ class Local(Executor):
             self._top_up(sweep)
             procs = self._procs.get(sweep.id, [])
             alive = sum(p.poll() is None for p, _, _ in procs) + self._wanted.get(sweep.id, 0)
+            ended = [(p, log) for p, log, _ in procs if p.returncode not in (None, 0)]
             problems = [
                 f"worker pid {p.pid} exited with {_exit_text(p.returncode)} (log: {log})"
-                for p, log, _ in procs
-                if p.returncode not in (None, 0)
+                + "".join(f"\n    | {line}" for line in _tail(log))
+                for p, log in ended
             ]
-        return WorkerState(alive=alive, problems=problems)
+            fatal = bool(procs) and all(p.returncode == WORKER_SETUP_FAILED for p, _, _ in procs)
+        return WorkerState(alive=alive, problems=problems, fatal=fatal)
 
     def cancel(self, sweep: "SweepHandle") -> None:
         with self._lock:
@@ -303,6 +309,22 @@ class Local(Executor):
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+
+
+#: Exit status of a worker that could not set up (import the task, read the sweep).
+WORKER_SETUP_FAILED = 2
+
+
+def _tail(path: str, lines: int = 3) -> list[str]:
+    """The last lines of a worker log (what it said before it died)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
 
 
 def _exit_text(code: int | None) -> str:

@@ -271,7 +271,7 @@ class SweepHandle:
                 if self.executor is not None:
                     ws = self.executor.poll(self)
                     if ws.alive == 0 and st.running == 0 and not self._settled(self.status(), indices):
-                        if resubmits <= 0:
+                        if resubmits <= 0 or ws.fatal:
                             raise SweepStalled(self._stall_message(st, ws))
                         resubmits -= 1
                         bar.write(
@@ -446,6 +446,14 @@ def submit(
 
     Returns (handle or None when every item is already settled, keys, items queued).
     """
+    from runcache import _worker
+
+    if _worker.importing_main:
+        raise RuntimeError(
+            "a runcache worker imported your script to find the task, and the script started a "
+            "sweep at import time. Put the code that starts sweeps under "
+            "`if __name__ == \"__main__\":` (workers import the script, as multiprocessing does)."
+        )
     mode = opts.get("mode", "cached")
     if mode not in ("cached", "retry", "force"):
         raise ValueError(

@@ -24,6 +24,11 @@ from typing import Any
 from runcache import _config, _core
 
 
+#: True while a worker runs the submitter's script to find its task: a sweep started at that
+#: moment is the script's own top-level code, which must be guarded by `if __name__ == ...`.
+importing_main = False
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="runcache worker",
@@ -57,7 +62,12 @@ def load_callable(runner: dict[str, Any]) -> Any:
             )
         # Like multiprocessing: run the script under another name (its `if __name__ ==
         # "__main__":` block stays off) and let pickled `__main__.X` references resolve to it.
-        namespace = runpy.run_path(path, run_name="__mp_main__")
+        global importing_main
+        importing_main = True
+        try:
+            namespace = runpy.run_path(path, run_name="__mp_main__")
+        finally:
+            importing_main = False
         module = type(sys)("__mp_main__")
         module.__dict__.update(namespace)
         sys.modules["__mp_main__"] = module

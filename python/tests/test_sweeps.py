@@ -245,3 +245,70 @@ def test_tasks_defined_in_a_function_are_refused_for_workers(store):
     with pytest.raises(TypeError, match="inside a function"):
         local_task.map([1, 2], executor=rc.Local(workers=1))
     assert local_task.map([1, 2], executor=rc.Inline()) == [1, 2]
+
+
+def _remote(var, unique):
+    base = os.environ.get(var)
+    if not base:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{var} is not set: the test services were not started (run scripts/test)")
+        pytest.skip(f'{var} is not set; start the service with scripts/services/... start')
+    if var == "RUNCACHE_TEST_POSTGRES":
+        return f"{base}?schema={unique}"
+    target, _, query = base.partition("?")
+    return f"{target.rstrip('/')}/{unique}?{query}"
+
+
+@pytest.mark.parametrize("var", ["RUNCACHE_TEST_S3", "RUNCACHE_TEST_POSTGRES"])
+def test_sweep_on_a_shared_store(var, trace):
+    location = _remote(var, f"sweep_{os.getpid()}_{time.time_ns()}")
+    rc.configure(store=location)
+    try:
+        items = [{"x": i, "trace": trace} for i in range(20)]
+        assert square.map(items, executor=rc.Local(workers=2)) == [i * i for i in range(20)]
+        assert max(counts_per_item(trace).values()) == 1
+        assert "squaring 4" in square.entry(4, trace).logs()
+        assert square.map(items, executor=rc.Local(workers=2)) == [i * i for i in range(20)]
+        assert len(computed(trace)) == 20
+    finally:
+        rc.configure(store=None)
+
+
+def test_inline_failures_and_mode_off(store, trace):
+    items = [{"x": i, "trace": trace} for i in range(4)]
+    with pytest.raises(rc.SweepError, match="2 of 4 item"):
+        flaky.map(items, executor=rc.Inline())
+    with rc.config(mode="off"):
+        got = flaky.map(items, executor=rc.Inline(), errors="return")
+    assert isinstance(got[0], rc.Failure) and got[0].error_type.endswith("ValueError")
+    assert got[1:3] == [-1, -2]
+
+
+def _rust_cli():
+    root = os.path.dirname(os.path.dirname(HERE))
+    for profile in ("debug", "release"):
+        path = os.path.join(root, "target", profile, "runcache")
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def test_the_rust_command_starts_the_sweeps_python_worker(store, trace):
+    binary = _rust_cli()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("target/*/runcache is not built (scripts/test builds the workspace first)")
+        pytest.skip("the Rust `runcache` binary is not built (cargo build)")
+    manual = rc.Manual(file=open(os.devnull, "w"))
+    jobs = square.map([{"x": i, "trace": trace} for i in range(4)], executor=manual, wait=False)
+    sweep_id = jobs[0].sweep.id
+    out = subprocess.run(
+        [binary, "--store", str(store), "worker", "--sweep", sweep_id, "--max-items", "10"],
+        capture_output=True, text=True, timeout=120, cwd="/",
+    )
+    assert out.returncode == 0, out.stderr
+    assert jobs[0].sweep.results(timeout=30) == [0, 1, 4, 9]
+    status = subprocess.run([binary, "--store", str(store), "status", sweep_id],
+                            capture_output=True, text=True)
+    assert status.returncode == 0, status.stderr
+    assert "4/4 done" in status.stdout and "completed 4" in status.stdout

@@ -63,16 +63,24 @@ impl Task {
             .progress_chars("=> "),
         );
         bar.set_prefix(self.namespace.clone());
+        let started = std::time::Instant::now();
         let computed = AtomicU64::new(0);
+        let running = AtomicU64::new(0);
         let failed = AtomicU64::new(0);
         let run = || {
             items
                 .par_iter()
                 .map(|item| {
                     let r = self.get_or_compute(item, || {
-                        computed.fetch_add(1, Ordering::Relaxed);
-                        f(item)
+                        running.fetch_add(1, Ordering::Relaxed);
+                        let out = f(item);
+                        running.fetch_sub(1, Ordering::Relaxed);
+                        if out.is_ok() {
+                            computed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        out
                     });
+                    let failures = failed.load(Ordering::Relaxed) + u64::from(r.is_err());
                     if r.is_err() {
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
@@ -80,9 +88,10 @@ impl Task {
                     let done = bar.position();
                     let c = computed.load(Ordering::Relaxed);
                     bar.set_message(format!(
-                        "computed {c}, cached {}, failed {}",
-                        done.saturating_sub(c),
-                        failed.load(Ordering::Relaxed)
+                        "completed {c}, cached {}, running {}, failed {failures}, queued {}",
+                        done.saturating_sub(c).saturating_sub(failures),
+                        running.load(Ordering::Relaxed),
+                        items.len() as u64 - done
                     ));
                     r
                 })
@@ -98,12 +107,12 @@ impl Task {
         bar.finish_and_clear();
         if options.progress {
             let c = computed.load(Ordering::Relaxed);
+            let k = failed.load(Ordering::Relaxed);
             eprintln!(
-                "{}: computed {c}, loaded {} from cache, failed {} ({} items)",
+                "runcache: {}: computed {c}, loaded {} from cache, failed {k} in {:.1} s",
                 self.namespace,
-                (items.len() as u64).saturating_sub(c),
-                failed.load(Ordering::Relaxed),
-                items.len()
+                (items.len() as u64).saturating_sub(c).saturating_sub(k),
+                started.elapsed().as_secs_f64()
             );
         }
         out

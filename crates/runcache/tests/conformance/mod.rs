@@ -12,7 +12,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use runcache::lease::Acquire;
-use runcache::{Error, GcOptions, Mode, Status, Store};
+use std::borrow::Cow;
+
+use runcache::manifest::Manifest;
+use runcache::{
+    Claim, Error, Failure, GcOptions, ItemState, Mode, Status, Store, SweepRecord, ValueCodec,
+    LOG_ARTIFACT, SWEEP_FORMAT,
+};
 
 /// Opens a fresh, empty store.
 pub type Factory<'a> = &'a dyn Fn() -> Store;
@@ -41,6 +47,7 @@ pub fn run_all(open: Factory<'_>) {
     records_of_different_kinds_never_mix(open());
     bad_record_names_are_refused(open());
     large_record_round_trips(open());
+    sweep_items_are_claimed_and_reported(open());
 }
 
 fn big(seed: u8) -> Vec<u8> {
@@ -714,4 +721,160 @@ pub fn large_record_round_trips(store: Store) {
     b.put_record("big", "one-mib", &other).unwrap();
     assert!(b.get_record("big", "one-mib").unwrap().unwrap() == other);
     assert_eq!(b.list_records("big").unwrap(), ["one-mib"]);
+}
+
+/// Raw bytes as a sweep item's value (the tests' own codec).
+struct Raw;
+
+impl ValueCodec<Vec<u8>> for Raw {
+    fn name(&self) -> &str {
+        "raw"
+    }
+    fn encode<'v>(&self, v: &'v Vec<u8>) -> runcache::Result<Vec<(String, Cow<'v, [u8]>)>> {
+        Ok(vec![("value".into(), Cow::Borrowed(v.as_slice()))])
+    }
+    fn decode(&self, store: &Store, m: &Manifest) -> runcache::Result<Vec<u8>> {
+        store.read_role(m, "value", "raw", "bytes")
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+pub fn sweep_items_are_claimed_and_reported(store: Store) {
+    let task = store.task("conf.sweep").version("1");
+    let keys: Vec<_> = (0..4u32).map(|i| task.key(&i).unwrap()).collect();
+    // Item 3 was computed before the sweep: it counts as cached.
+    task.get_or_compute(&3u32, || Ok::<_, String>(30u32))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    let record = SweepRecord {
+        format: SWEEP_FORMAT,
+        id: "conf-sweep-1".into(),
+        created_unix_ms: now_ms(),
+        namespace: "conf.sweep".into(),
+        version: "1".into(),
+        mode: "cached".into(),
+        count: keys.len() as u64,
+        keys: store.save_sweep_keys(&keys).unwrap(),
+        payload: None,
+        blobs: Vec::new(),
+        runner: serde_json::json!({"kind": "test"}),
+        resources: Default::default(),
+        executor: serde_json::Value::Null,
+    };
+    store.save_sweep(&record).unwrap();
+    assert_eq!(store.sweep("conf-sweep-1").unwrap(), record);
+    assert!(store.sweep("nope").is_err());
+    let status = store.sweep_status(&record, true).unwrap();
+    assert_eq!((status.pending, status.cached, status.total), (3, 1, 4));
+
+    let since = record.created_unix_ms;
+    let doc = || Ok(serde_json::json!({"test": true}));
+    let claim = |key, f: &dyn Fn() -> Result<Vec<u8>, Failure>, log: Option<&std::path::Path>| {
+        task.claim_keyed(key, since, &doc, &Raw, log, |_| f())
+            .unwrap()
+    };
+    // Item 0 computes once, with its captured output kept as an artifact.
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("item.log");
+    std::fs::write(&log, b"hello from item 0\n").unwrap();
+    assert_eq!(
+        claim(keys[0], &|| Ok(b"zero".to_vec()), Some(&log)),
+        Claim::Computed(Status::Completed)
+    );
+    assert_eq!(
+        claim(keys[0], &|| panic!("settled items are not computed"), None),
+        Claim::Done(Status::Completed)
+    );
+    assert_eq!(
+        store.read_artifact(&keys[0], LOG_ARTIFACT).unwrap(),
+        b"hello from item 0\n"
+    );
+    // Item 1 fails: recorded, settled, and its log kept too.
+    std::fs::write(&log, b"about to fail\n").unwrap();
+    let failing = || {
+        Err(Failure {
+            error_type: "ValueError".into(),
+            message: "bad item".into(),
+            ..Default::default()
+        })
+    };
+    assert_eq!(
+        claim(keys[1], &failing, Some(&log)),
+        Claim::Computed(Status::Failed)
+    );
+    assert_eq!(
+        store.read_artifact(&keys[1], LOG_ARTIFACT).unwrap(),
+        b"about to fail\n"
+    );
+    assert_eq!(claim(keys[1], &failing, None), Claim::Done(Status::Failed));
+    // A retry sweep submitted later redoes the failure; one submitted before it does not.
+    let retry = task.clone().mode(Mode::Retry);
+    let later = now_ms() + 1_000;
+    assert_eq!(
+        retry
+            .claim_keyed(keys[1], since, &doc, &Raw, None, |_| failing())
+            .unwrap(),
+        Claim::Done(Status::Failed)
+    );
+    // Item 2 is held by someone else: busy, and reported running.
+    let held = match store.leases().try_acquire(&keys[2], "conf.sweep").unwrap() {
+        runcache::lease::Acquire::Won(g) => g,
+        runcache::lease::Acquire::Busy(_) => panic!("nobody else holds it"),
+    };
+    assert_eq!(
+        claim(keys[2], &|| panic!("a held item is not computed"), None),
+        Claim::Busy
+    );
+    let status = store.sweep_status(&record, false).unwrap();
+    assert_eq!(
+        (
+            status.completed,
+            status.failed,
+            status.running,
+            status.cached,
+            status.pending
+        ),
+        (1, 1, 1, 1, 0)
+    );
+    assert!(!status.drained());
+    assert_eq!(status.items.len(), 1, "only the failed item is listed");
+    assert_eq!(status.items[0].state, ItemState::Failed);
+    assert_eq!(
+        status.items[0].error.as_deref(),
+        Some("ValueError: bad item")
+    );
+    assert!(status.items[0].log.is_some());
+    held.release().unwrap();
+    assert_eq!(
+        store.item_state(&keys[2], Mode::Cached, since).unwrap(),
+        ItemState::Pending
+    );
+    assert_eq!(
+        claim(keys[2], &|| Ok(b"two".to_vec()), None),
+        Claim::Computed(Status::Completed)
+    );
+    assert!(store.sweep_status(&record, false).unwrap().drained());
+    assert_eq!(
+        retry
+            .claim_keyed(keys[1], later, &doc, &Raw, None, |_| Ok(b"one".to_vec()))
+            .unwrap(),
+        Claim::Computed(Status::Completed)
+    );
+    // gc keeps the sweep's key list while the record exists; the record can be deleted.
+    store.remove_unreferenced_blobs(Duration::ZERO).unwrap();
+    assert_eq!(store.sweep_keys(&record).unwrap(), keys);
+    assert_eq!(store.sweeps().unwrap().len(), 1);
+    assert!(store.delete_sweep("conf-sweep-1").unwrap());
+    assert!(store.sweeps().unwrap().is_empty());
+    // Workers never run in modes that do not write.
+    let ro = task.clone().mode(Mode::ReadOnly);
+    assert!(ro
+        .claim_keyed(keys[0], since, &doc, &Raw, None, |_| Ok(Vec::new()))
+        .is_err());
 }
