@@ -17,7 +17,6 @@ import os
 import random
 import runpy
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -145,6 +144,7 @@ def run(argv: list[str]) -> int:
     order = [(offset + i) % n for i in range(n)]
     scratch = store.scratch_dir()
     os.makedirs(scratch, exist_ok=True)
+    log_path = os.path.join(scratch, f"worker-{os.getpid()}-{random.getrandbits(32):08x}.log")
     from runcache._task import _install_sigterm, Terminated
 
     _install_sigterm()
@@ -158,17 +158,13 @@ def run(argv: list[str]) -> int:
             busy = []
             for i in pending:
                 call_args, call_kwargs = calls[i]
-                fd, log_path = tempfile.mkstemp(prefix="item-", suffix=".log", dir=scratch)
-                os.close(fd)
                 t0 = time.monotonic()
-                try:
-                    outcome = task._claim(
-                        store, record, keys[i], call_args, call_kwargs, log_path,
-                        capture=lambda: _Capture(log_path),
-                    )
-                finally:
-                    if os.path.exists(log_path):
-                        os.unlink(log_path)
+                # The item's output goes to this worker's log file; a non-empty one is moved
+                # into the store with the entry (the next item recreates it).
+                outcome = task._claim(
+                    store, record, keys[i], call_args, call_kwargs, log_path,
+                    capture=lambda: _Capture(log_path),
+                )
                 if outcome == "busy":
                     busy.append(i)
                     continue
@@ -191,6 +187,9 @@ def run(argv: list[str]) -> int:
     except Terminated:
         _say("SIGTERM: the running item was recorded interrupted and released; exiting")
         return 0
+    finally:
+        if os.path.exists(log_path):
+            os.unlink(log_path)
     _say(f"sweep {args.sweep} drained: computed {computed}, failed {failed}")
     return 0
 
