@@ -433,30 +433,33 @@ impl Task {
                 self.mode.as_str()
             )));
         }
-        let settled = |key: &Key| -> Result<Option<Status>> {
+        // (settling status, whether any entry exists) of the item now.
+        let look = |key: &Key| -> Result<(Option<Status>, bool)> {
             Ok(match self.store.lookup(key)? {
-                Lookup::Found(m)
-                    if settles_item(self.mode, since_unix_ms, &m)
-                        && !(m.status == Status::Completed
-                            && self.validator.as_ref().is_some_and(|v| v(&m).is_some())) =>
-                {
-                    Some(m.status)
+                Lookup::Found(m) => {
+                    let stale = m.status == Status::Completed
+                        && self.validator.as_ref().is_some_and(|v| v(&m).is_some());
+                    let settles = settles_item(self.mode, since_unix_ms, &m) && !stale;
+                    (settles.then_some(m.status), true)
                 }
-                _ => None,
+                Lookup::Damaged(_) => (None, true),
+                Lookup::Missing => (None, false),
             })
         };
-        if let Some(status) = settled(&key)? {
+        if let (Some(status), _) = look(&key)? {
             return Ok(Claim::Done(status));
         }
         let guard = match self.store.leases().try_acquire(&key, &self.namespace)? {
             Acquire::Won(guard) => guard,
             Acquire::Busy(_) => return Ok(Claim::Busy),
         };
-        if let Some(status) = settled(&key)? {
-            release(guard);
-            return Ok(Claim::Done(status));
-        }
-        let replace = !matches!(self.store.lookup(&key)?, Lookup::Missing);
+        let replace = match look(&key)? {
+            (Some(status), _) => {
+                release(guard);
+                return Ok(Claim::Done(status));
+            }
+            (None, exists) => exists,
+        };
         let doc = doc()?;
         let hook_store = self.store.clone();
         let hook_manifest = self.manifest_for(key, doc.clone(), Status::Interrupted);
