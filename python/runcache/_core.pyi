@@ -82,6 +82,54 @@ class Store:
     ) -> str:
         """Evicts least-recently-used entries; returns a JSON report."""
 
+    def claim(
+        self,
+        namespace: str,
+        version: str,
+        mode: str,
+        key: str,
+        since_unix_ms: int,
+        doc: Callable[[], str],
+        compute: Callable[[], tuple[Any, list[tuple[str, str]], str | None]],
+        log_path: str | None = None,
+        interrupt_types: tuple[type[BaseException], ...] | None = None,
+    ) -> str:
+        """A worker's claim of one sweep item: ``done:<status>``, ``busy`` or
+        ``computed:<status>``."""
+
+    def put_value(self, value: Any) -> str:
+        """Stores an object outside any entry; returns its description (JSON)."""
+
+    def get_value(self, description: str) -> Any:
+        """Loads an object stored by ``put_value``."""
+
+    def statuses(self, keys: list[str], mode: str, since_unix_ms: int) -> list[bool]:
+        """Whether each key's entry settles a sweep item submitted at ``since_unix_ms``."""
+
+    def item_state(self, key: str, mode: str, since_unix_ms: int) -> str:
+        """pending, running, completed, cached, failed or interrupted."""
+
+    def save_sweep(self, record: str) -> None:
+        """Creates or replaces a sweep record (JSON)."""
+
+    def save_sweep_keys(self, keys: list[str]) -> str:
+        """Stores a sweep's item keys; returns the digest of the list."""
+
+    def sweep(self, id: str) -> str:
+        """The record of sweep ``id`` (JSON); ValueError if there is none."""
+
+    def sweeps(self) -> list[str]:
+        """Every sweep record (JSON), oldest first."""
+
+    def delete_sweep(self, id: str) -> bool:
+        """Deletes a sweep record (its entries stay)."""
+
+    def sweep_keys(self, id: str) -> list[str]:
+        """The item keys of a sweep, in order."""
+
+    def sweep_status(self, id: str, all_items: bool = False) -> str:
+        """Item counts of a sweep by state (JSON)."""
+
 def register_version(namespace: str, version: str) -> None:
     """Records the current version of a task namespace (called when a task is defined)."""
 
