@@ -260,7 +260,13 @@ class Task(Generic[R]):
         if module in ("__main__", "__mp_main__"):
             module = "__main__"
             main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-            main_file = os.path.abspath(main_file) if main_file else None
+            if not main_file:
+                raise TypeError(
+                    f"{fn.__qualname__} is defined in an interactive session (a notebook or "
+                    "`python -c`), which worker processes cannot import: move the task into a "
+                    "module (a .py file) and import it, or use executor=runcache.Inline()"
+                )
+            main_file = os.path.abspath(main_file)
         if "<locals>" in fn.__qualname__:
             raise TypeError(
                 f"{fn.__qualname__} is defined inside a function, so worker processes cannot "

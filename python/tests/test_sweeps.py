@@ -312,3 +312,24 @@ def test_the_rust_command_starts_the_sweeps_python_worker(store, trace):
                             capture_output=True, text=True)
     assert status.returncode == 0, status.stderr
     assert "4/4 done" in status.stdout and "completed 4" in status.stdout
+
+
+def test_interactive_tasks_get_a_clear_error_before_anything_is_submitted(tmp_path):
+    from conftest import run_python
+
+    code = (
+        "import runcache as rc\n"
+        f"rc.configure(store={str(tmp_path / 'store')!r})\n"
+        "@rc.task\n"
+        "def f(x):\n"
+        "    return x\n"
+        "try:\n"
+        "    f.map([1], executor=rc.Local(workers=1))\n"
+        "except TypeError as e:\n"
+        "    print('refused:', e)\n"
+        "print(f.map([1, 2], executor=rc.Inline()))\n"
+    )
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr
+    assert "refused:" in out.stdout and "interactive session" in out.stdout
+    assert "[1, 2]" in out.stdout
