@@ -260,7 +260,6 @@ class SweepHandle:
 
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = Progress(self, enabled=progress, initial=None)
-        interval = 0.05
         try:
             while True:
                 t0 = time.monotonic()
@@ -285,10 +284,10 @@ class SweepHandle:
                         f"sweep {self.id} is not finished after {timeout} s "
                         f"({st.done}/{st.total} done, {st.running} running, {st.queued} queued)"
                     )
-                # Poll the store often for short sweeps, less often when reading it is costly.
+                # Poll every 50 ms, or less often when reading the status is costly (at most
+                # a fifth of the time goes to polling).
                 spent = time.monotonic() - t0
-                interval = min(max(interval * 1.5, spent * 5), 2.0)
-                time.sleep(interval)
+                time.sleep(min(max(0.05, spent * 4), 2.0))
         finally:
             bar.close()
 

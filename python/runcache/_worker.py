@@ -83,19 +83,41 @@ def load_callable(runner: dict[str, Any]) -> Any:
 
 
 class _Capture:
-    """Sends file descriptors 1 and 2 (and Python's sys.stdout/stderr) to a file."""
+    """Sends file descriptors 1 and 2 (and Python's sys.stdout/stderr) to the worker's log file
+    while one item runs. The file stays open between items and is truncated for the next one,
+    unless the store took it (an item that printed something): then it is created again."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.fd: int | None = None
+
+    def _ready(self) -> int:
+        fd = self.fd
+        if fd is not None:
+            try:
+                st = os.stat(self.path)
+                mine = os.fstat(fd)
+                # Reuse it only if it is still our file and the store holds no link to it.
+                if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino) and mine.st_nlink == 1:
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        return self.fd
+
+    def __call__(self) -> "_Capture":
+        return self
 
     def __enter__(self) -> "_Capture":
         sys.stdout.flush()
         sys.stderr.flush()
+        fd = self._ready()
         self.saved = (os.dup(1), os.dup(2))
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
-        os.close(fd)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -107,6 +129,14 @@ class _Capture:
             os.dup2(self.saved[1], 2)
             os.close(self.saved[0])
             os.close(self.saved[1])
+
+    def close(self) -> None:
+        """Closes and removes the worker's log file."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if os.path.exists(self.path):
+            os.unlink(self.path)
 
 
 def run(argv: list[str]) -> int:
@@ -145,6 +175,7 @@ def run(argv: list[str]) -> int:
     scratch = store.scratch_dir()
     os.makedirs(scratch, exist_ok=True)
     log_path = os.path.join(scratch, f"worker-{os.getpid()}-{random.getrandbits(32):08x}.log")
+    capture = _Capture(log_path)
     from runcache._task import _install_sigterm, Terminated
 
     _install_sigterm()
@@ -163,7 +194,7 @@ def run(argv: list[str]) -> int:
                 # into the store with the entry (the next item recreates it).
                 outcome = task._claim(
                     store, record, keys[i], call_args, call_kwargs, log_path,
-                    capture=lambda: _Capture(log_path),
+                    capture=capture,
                 )
                 if outcome == "busy":
                     busy.append(i)
@@ -188,8 +219,7 @@ def run(argv: list[str]) -> int:
         _say("SIGTERM: the running item was recorded interrupted and released; exiting")
         return 0
     finally:
-        if os.path.exists(log_path):
-            os.unlink(log_path)
+        capture.close()
     _say(f"sweep {args.sweep} drained: computed {computed}, failed {failed}")
     return 0
 

@@ -39,5 +39,8 @@ pub use signing::SigningKey;
 
 /// This machine's host name (used in manifests and lease records).
 pub fn host_name() -> String {
-    gethostname::gethostname().to_string_lossy().into_owned()
+    // Read once per process: it is written into every manifest and lease record.
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| gethostname::gethostname().to_string_lossy().into_owned())
+        .clone()
 }

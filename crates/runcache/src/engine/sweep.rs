@@ -7,7 +7,7 @@
 //! interrupted) and its lease (running) — so every session, the CLI and every worker see the
 //! same truth.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -229,18 +229,12 @@ impl Store {
             .collect())
     }
 
-    /// The state of every item of a sweep, read from entries and leases. With `all_items`,
+    /// The state of every item of a sweep, read from its entries, and from its leases for the
+    /// items no entry settles. With `all_items`,
     /// `items` lists every item; otherwise only the failed and interrupted ones.
     pub fn sweep_status(&self, record: &SweepRecord, all_items: bool) -> Result<SweepStatus> {
         let mode = record.mode()?;
         let keys = self.sweep_keys(record)?;
-        let running: HashSet<Key> = self
-            .leases()
-            .list()?
-            .into_iter()
-            .filter(|v| v.record.is_some() && v.alive != Some(false))
-            .map(|v| v.key)
-            .collect();
         let mut status = SweepStatus {
             id: record.id.clone(),
             namespace: record.namespace.clone(),
@@ -248,7 +242,7 @@ impl Store {
             ..Default::default()
         };
         for (index, key) in keys.into_iter().enumerate() {
-            let item = self.item_status(index as u64, key, mode, record, &running)?;
+            let item = self.item_status(index as u64, key, mode, record)?;
             let counter = match item.state {
                 ItemState::Pending => &mut status.pending,
                 ItemState::Running => &mut status.running,
@@ -277,14 +271,6 @@ impl Store {
     /// The state of one item (the entry of `key`, in a sweep submitted at `since_unix_ms` in
     /// `mode`), including whether a live worker holds it.
     pub fn item_state(&self, key: &Key, mode: Mode, since_unix_ms: u64) -> Result<ItemState> {
-        let mut running = HashSet::new();
-        if self
-            .leases()
-            .view(key)?
-            .is_some_and(|v| v.alive != Some(false))
-        {
-            running.insert(*key);
-        }
         let record = SweepRecord {
             format: SWEEP_FORMAT,
             id: String::new(),
@@ -300,7 +286,7 @@ impl Store {
             resources: BTreeMap::new(),
             executor: serde_json::Value::Null,
         };
-        Ok(self.item_status(0, *key, mode, &record, &running)?.state)
+        Ok(self.item_status(0, *key, mode, &record)?.state)
     }
 
     fn item_status(
@@ -309,7 +295,6 @@ impl Store {
         key: Key,
         mode: Mode,
         record: &SweepRecord,
-        running: &HashSet<Key>,
     ) -> Result<ItemStatus> {
         let mut item = ItemStatus {
             index,
@@ -348,7 +333,13 @@ impl Store {
                 return Ok(item);
             }
         }
-        item.state = if running.contains(&key) {
+        // Only an unsettled item's lease is looked at: the cost follows the sweep, not the
+        // number of leases in the store.
+        let running = self
+            .leases()
+            .view(&key)?
+            .is_some_and(|v| v.alive != Some(false));
+        item.state = if running {
             ItemState::Running
         } else if manifest.is_some_and(|m| m.status == Status::Interrupted) {
             ItemState::Interrupted
