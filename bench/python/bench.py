@@ -1,13 +1,18 @@
 """runcache's Python API side by side with joblib.Memory and diskcache, in one process and one run.
 
-    python bench/python/bench.py            # 1 GiB arrays, 20 000 hit calls per peer
-    python bench/python/bench.py --quick    # 64 MiB arrays, 5 000 hit calls
+    python bench/python/bench.py                # 1 GiB arrays, 20 000 hit calls, 10 000-item sweep
+    python bench/python/bench.py --quick        # 64 MiB arrays, 5 000 hit calls, smaller sweeps
+    python bench/python/bench.py --only sweeps  # one section (hits, arrays, sweeps; repeatable)
 
 Sections: (a) hit latency with small arguments, (b) a hit whose argument is a large array,
-(c) storing a large array result, (d) loading it. Every figure is a median; the machine is
-shared and noisy, so the ratios (measured in the same run) are what count. The last table
-checks DESIGN.md §8's targets. exca is benchmarked only if it is installed. Everything is
-written to a temporary directory that is removed at the end.
+(c) storing a large array result, (d) loading it, (e) sweeps: a fully cached `map` over
+rc.Local workers and the throughput of trivial items, against joblib.Parallel. Every figure is
+a median; the machine is shared and noisy, so the ratios (measured in the same run) are what
+count. The last table checks DESIGN.md §8's targets. exca is benchmarked only if it is
+installed. Everything is written to a temporary directory that is removed at the end.
+
+The sweep tasks are defined at module level: `rc.Local` workers import this file by path
+(under the name `__mp_main__`, so `main()` below does not run in them).
 """
 
 from __future__ import annotations
@@ -34,6 +39,21 @@ MIB = 1 << 20
 
 results: dict[str, float] = {}
 paired: dict[str, float] = {}  # median over repetitions of (plain time / runcache time)
+sweep_sizes: dict[str, int] = {}  # items of the cached and the throughput sweeps measured
+
+
+# -- (e) sweep tasks: at module level, so that rc.Local's worker processes can import them ----
+
+
+@rc.task(name="bench.sweep_item")
+def sweep_item(i, lr):
+    """A trivial sweep item: the cost measured is runcache's own, per item."""
+    return i * lr
+
+
+def plain_item(i, lr):
+    """The same function for joblib (wrapped by joblib.Memory(...).cache in the bench)."""
+    return i * lr
 
 
 def fmt(seconds: float | None) -> str:
@@ -317,37 +337,241 @@ def bench_store_and_load(tmp: str, arr: np.ndarray, reps: int) -> None:
     row("d", "joblib.Memory load (full read)", statistics.median(times))
 
 
-def targets() -> None:
+def sweep_grid(n: int) -> list[dict[str, Any]]:
+    """``n`` items (a multiple of 10): ``rc.grid(i=range(n // 10), lr=<10 values>)``."""
+    return rc.grid(i=range(n // 10), lr=[round(0.1 * k, 1) for k in range(1, 11)])
+
+
+def joblib_map(fn: Callable, items: list[dict[str, Any]]) -> list[Any]:
+    """``fn`` over the items with ``joblib.Parallel(n_jobs=2, backend="loky")``."""
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=2, backend="loky")(delayed(fn)(**it) for it in items)
+
+
+def stop_loky() -> None:
+    """Shuts down joblib's reusable loky pool, so the next Parallel call starts its workers."""
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)
+
+
+def count_files(folder: str) -> int:
+    return sum(len(files) for _, _, files in os.walk(folder))
+
+
+def commit_phases(loc: str, start: float, end: float) -> tuple[float, float, float]:
+    """Where a computing sweep's wall time went, from the modification times of the entries it
+    wrote (wall-clock ``start`` and ``end`` of the ``map`` call): (submit and worker start up to
+    the first commit, first to last commit, last commit to ``map`` returning)."""
+    folder = os.path.join(loc, "manifests")
+    times = [
+        e.stat().st_mtime
+        for sub in os.scandir(folder) if sub.is_dir()
+        for e in os.scandir(sub.path) if e.name.endswith(".json")
+    ]
+    return min(times) - start, max(times) - min(times), end - max(times)
+
+
+def show_phases(label: str, phases: list[tuple[float, float, float]], n: int) -> None:
+    first, body, tail = (statistics.median(p[i] for p in phases) for i in range(3))
+    print(f"  {label}: start to first commit {fmt(first)}, first to last commit {fmt(body)} "
+          f"({n / body:,.0f} items/s), last commit to map returning {fmt(tail)} (medians; "
+          f"tails: {', '.join(fmt(p[2]) for p in phases)})")
+
+
+def bench_sweeps(tmp: str, cached_n: int, tp_n: int, reps: int) -> None:
+    import joblib
+
+    print(
+        "\n(e) sweeps: sweep_item.map(items, executor=rc.Local(workers=2)) vs "
+        f"joblib.Parallel(n_jobs=2) over a joblib.Memory-cached function (joblib "
+        f"{joblib.__version__}); trivial items "
+        "(i * lr), so every figure is the per-item cost of the machinery"
+    )
+    sweep_sizes["cached"] = cached_n
+    sweep_sizes["throughput"] = tp_n
+    logs = os.path.join(tmp, "worker-logs")
+
+    def rc_map(loc: str, items: list[dict[str, Any]], executor: rc.Executor) -> list[Any]:
+        return sweep_item.options(store=loc).map(items, executor=executor, progress=False)
+
+    def check(out: list[Any], items: list[dict[str, Any]], what: str) -> None:
+        expected = [it["i"] * it["lr"] for it in items]
+        if list(out) != expected:
+            raise AssertionError(f"{what}: wrong results")
+
+    # -- a fully cached sweep, end to end --------------------------------------------------
+    items = sweep_grid(cached_n)
+    loc = os.path.join(tmp, "rc-sweep")
+    jdir = os.path.join(tmp, "joblib-sweep")
+    jfn = joblib.Memory(jdir, verbose=0).cache(plain_item)
+    print(f"  {cached_n:,}-item sweep, every item cached: median of {reps} calls (after a first "
+          "call that computes them, timed as info)")
+    stop_loky()
+    w0 = time.time()
+    t, out = timed(rc_map, loc, items, rc.Local(workers=2, log_dir=logs))
+    first_phases = commit_phases(loc, w0, time.time())
+    check(out, items, "runcache first sweep")
+    row("e", f"  first call: runcache computes {cached_n:,} items (Local, 2 workers)", t,
+        f"(info) {cached_n / t:,.0f} items/s, workers started")
+    show_phases("    runcache first call", [first_phases], cached_n)
+    t, out = timed(joblib_map, jfn, items)
+    check(out, items, "joblib first run")
+    row("e", f"  first call: joblib computes {cached_n:,} items (Parallel, 2 jobs)", t,
+        f"(info) {cached_n / t:,.0f} items/s, loky pool started")
+    files = count_files(jdir)
+    sweeps_written = count_files(os.path.join(loc, "records"))
+    if sweeps_written == 0:  # the check below would prove nothing
+        raise AssertionError(f"no sweep record found under {loc}/records after the first call")
+    rc_times, jl_times = [], []
+    for rep in range(reps):
+        for kind in (("rc", "jl") if rep % 2 == 0 else ("jl", "rc")):
+            if kind == "rc":
+                ex = rc.Local(workers=2, log_dir=logs)
+                t, out = timed(rc_map, loc, items, ex)
+                if ex._procs:
+                    raise AssertionError("a fully cached sweep started workers")
+                rc_times.append(t)
+            else:
+                t, out = timed(joblib_map, jfn, items)
+                jl_times.append(t)
+            check(out, items, f"{kind} cached sweep")
+            del out
+    if count_files(jdir) != files:
+        raise AssertionError("joblib wrote files in its cached runs")
+    if count_files(os.path.join(loc, "records")) != sweeps_written:
+        raise AssertionError("a fully cached sweep wrote a sweep record")
+    row("e", f"runcache {cached_n:,}-item cached sweep (Local)", statistics.median(rc_times),
+        f"runs: {', '.join(fmt(t) for t in rc_times)}; no sweep written, no worker started")
+    row("e", f"joblib.Parallel {cached_n:,}-item cached run", statistics.median(jl_times),
+        f"runs: {', '.join(fmt(t) for t in jl_times)}; (info) loky pool already running")
+
+    # Where the cached sweep's time goes: keys, the status of every key, then every load.
+    task = sweep_item.task.options(store=loc)
+    store = _config.open_store(task._effective())
+    calls = [((), it) for it in items]
+    t_keys, keys = timed(lambda: [task._key_of(a, k) for a, k in calls])
+    t_status, _ = timed(store.statuses, keys, "cached", int(time.time() * 1000))
+    t_load, _ = timed(lambda: [store.load(k) for k in keys])
+    print(f"  runcache cached sweep, piece by piece: keys {fmt(t_keys)}, store.statuses "
+          f"{fmt(t_status)}, loads {fmt(t_load)} ({fmt(t_load / cached_n)} per item)")
+
+    # -- throughput: every item computed -------------------------------------------------
+    items = sweep_grid(tp_n)
+    print(
+        f"\n  throughput, {tp_n:,} trivial items computed and stored once (fresh store / "
+        f"joblib.Memory folder each time): median of {reps}; joblib 'cold' starts its loky "
+        "pool in the timed call (as a sweep starts its workers), 'warm' reuses the pool of the "
+        "previous call"
+    )
+    times: dict[str, list[float]] = {k: [] for k in ("rc", "jl_cold", "jl_warm", "inline")}
+    phases = []
+    tag = 0
+    for rep in range(reps):
+        order = ["rc", "jl_cold", "jl_warm", "inline"]
+        if rep % 2:
+            order = ["jl_cold", "jl_warm", "rc", "inline"]
+        for kind in order:
+            tag += 1
+            where = os.path.join(tmp, f"tp-{tag}")
+            if kind == "rc":
+                w0 = time.time()
+                t, out = timed(rc_map, where, items, rc.Local(workers=2, log_dir=logs))
+                phases.append(commit_phases(where, w0, time.time()))
+            elif kind == "inline":
+                t, out = timed(rc_map, where, items, rc.Inline())
+            else:
+                if kind == "jl_cold":
+                    stop_loky()
+                fn = joblib.Memory(where, verbose=0).cache(plain_item)
+                t, out = timed(joblib_map, fn, items)
+            check(out, items, kind)
+            times[kind].append(t)
+            del out
+    stop_loky()
+    paired["sweep throughput vs joblib (cold)"] = statistics.median(
+        j / r for j, r in zip(times["jl_cold"], times["rc"]))
+    paired["sweep throughput vs joblib (warm)"] = statistics.median(
+        j / r for j, r in zip(times["jl_warm"], times["rc"]))
+    labels = {
+        "rc": f"runcache {tp_n:,} items, Local(workers=2)",
+        "jl_cold": f"joblib.Parallel {tp_n:,} items, cold pool",
+        "jl_warm": f"joblib.Parallel {tp_n:,} items, warm pool",
+        "inline": f"runcache {tp_n:,} items, Inline() (info)",
+    }
+    for kind, label in labels.items():
+        med = statistics.median(times[kind])
+        row("e", label, med,
+            f"{tp_n / med:,.0f} items/s; runs: {', '.join(fmt(t) for t in times[kind])}")
+    show_phases("runcache Local", phases, tp_n)
+    print(f"  throughput ratio (runcache speed / joblib speed, paired per repetition): "
+          f"{paired['sweep throughput vs joblib (cold)']:.2f}x vs the cold pool, "
+          f"{paired['sweep throughput vs joblib (warm)']:.2f}x vs the warm pool")
+
+
+def targets(ran: set[str]) -> None:
     r = results
 
     def ratio(peer: str, ours: str) -> float | None:
         a, b = r.get(ours), r.get(peer)
         return b / a if a and b else None
 
-    checks = [
-        ("hit, small args: <= 10 µs median", r.get("runcache @task hit"), lambda v: v <= 10e-6, fmt),
-        ("hit: >= 20x faster than joblib.Memory", ratio("joblib.Memory hit", "runcache @task hit"),
-         lambda v: v >= 20, lambda v: f"{v:,.1f}x"),
-        ("hit: faster than diskcache memoize", ratio("diskcache memoize hit", "runcache @task hit"),
-         lambda v: v > 1, lambda v: f"{v:,.2f}x"),
-        ("hashing a large array: >= 15x joblib",
-         ratio("joblib.Memory hit, array argument (re-hashed)", "runcache hit, fresh array argument (hashed)"),
-         lambda v: v >= 15, lambda v: f"{v:,.1f}x"),
-        ("argument that is a runcache result: µs (<= 100 µs)",
-         r.get("runcache hit, argument that is a runcache result"), lambda v: v <= 100e-6, fmt),
-        ("store (sync off): >= 0.8x np.save speed", paired.get("store (sync off)"),
-         lambda v: v >= 0.8, lambda v: f"{v:.2f}x"),
-        ("store (sync on): >= 0.8x np.save + fsync speed",
-         paired.get("store (sync on)"), lambda v: v >= 0.8, lambda v: f"{v:.2f}x"),
-        ("load, mmap: < 1 ms", r.get("runcache load, mmap (default)"), lambda v: v < 1e-3, fmt),
-        ("load, full read: >= 0.8x np.load speed",
-         paired.get("load, full read"),
-         lambda v: v >= 0.8, lambda v: f"{v:.2f}x"),
+    def x1(v: float) -> str:
+        return f"{v:,.1f}x"
+
+    def x2(v: float) -> str:
+        return f"{v:,.2f}x"
+
+    # (section, name, value, test or None for an informational row, how to show the value,
+    #  why the test does not apply to this run or "")
+    checks: list[tuple[str, str, float | None, Callable | None, Callable, str]] = [
+        ("hits", "hit, small args: <= 10 µs median", r.get("runcache @task hit"),
+         lambda v: v <= 10e-6, fmt, ""),
+        ("hits", "hit: >= 20x faster than joblib.Memory",
+         ratio("joblib.Memory hit", "runcache @task hit"), lambda v: v >= 20, x1, ""),
+        ("hits", "hit: faster than diskcache memoize",
+         ratio("diskcache memoize hit", "runcache @task hit"), lambda v: v > 1, x2, ""),
+        ("arrays", "hashing a large array: >= 15x joblib",
+         ratio("joblib.Memory hit, array argument (re-hashed)",
+               "runcache hit, fresh array argument (hashed)"), lambda v: v >= 15, x1, ""),
+        ("arrays", "argument that is a runcache result: µs (<= 100 µs)",
+         r.get("runcache hit, argument that is a runcache result"), lambda v: v <= 100e-6, fmt, ""),
+        ("arrays", "store (sync off): >= 0.8x np.save speed", paired.get("store (sync off)"),
+         lambda v: v >= 0.8, x2, ""),
+        ("arrays", "store (sync on): >= 0.8x np.save + fsync speed",
+         paired.get("store (sync on)"), lambda v: v >= 0.8, x2, ""),
+        ("arrays", "load, mmap: < 1 ms", r.get("runcache load, mmap (default)"),
+         lambda v: v < 1e-3, fmt, ""),
+        ("arrays", "load, full read: >= 0.8x np.load speed", paired.get("load, full read"),
+         lambda v: v >= 0.8, x2, ""),
     ]
-    print("\nDESIGN §8 targets (ratios are speed: peer time / runcache time; store and full read:"
-          " median over repetitions of back-to-back pairs)")
-    for name, value, ok, show in checks:
-        verdict = "n/a" if value is None else ("met" if ok(value) else "MISSED")
+    if "sweeps" in ran:
+        n, m = sweep_sizes["cached"], sweep_sizes["throughput"]
+        checks += [
+            ("sweeps", "10k-item cached sweep end to end: < 0.5 s",
+             r.get(f"runcache {n:,}-item cached sweep (Local)"), lambda v: v < 0.5, fmt,
+             "" if n == 10_000 else f"n/a: measured {n:,} items (--sweep-items 10000)"),
+            ("sweeps", f"{m:,}-item sweep throughput vs joblib.Parallel",
+             paired.get("sweep throughput vs joblib (cold)"), None, x2,
+             "cold pool: both start their workers"),
+            ("sweeps", f"{m:,}-item sweep throughput vs joblib.Parallel",
+             paired.get("sweep throughput vs joblib (warm)"), None, x2,
+             "warm pool: joblib's workers already run"),
+        ]
+    print("\nDESIGN §8 targets (ratios are speed: peer time / runcache time; store, full read and"
+          " sweep throughput: median over repetitions of back-to-back pairs)")
+    for section, name, value, ok, show, why in checks:
+        if section not in ran:
+            continue
+        if value is None:
+            verdict = "n/a"
+        elif ok is None:
+            verdict = f"(info) {why}"
+        elif why:
+            verdict = why
+        else:
+            verdict = "met" if ok(value) else "MISSED"
         print(f"  {name:<52} {('n/a' if value is None else show(value)):>12}  {verdict}")
 
 
@@ -368,33 +592,61 @@ def summary() -> None:
         ("runcache load, mmap=False (full read)", "np.load (full read)"),
         ("runcache load, mmap=False (full read)", "joblib.Memory load (full read)"),
     ]
+    # (The sweep throughput ratios are paired per repetition: see (e) and the targets table.)
+    n = sweep_sizes.get("cached", 0)
+    pairs.append(
+        (f"runcache {n:,}-item cached sweep (Local)", f"joblib.Parallel {n:,}-item cached run"))
     for ours, peer in pairs:
+        if ours not in results or peer not in results:
+            continue
         print(f"  {ours:<48} vs {peer:<46} {vs(ours, peer):>10}")
+
+
+SECTIONS = ("hits", "arrays", "sweeps")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="64 MiB arrays and 5 000 hit calls")
+    p.add_argument("--quick", action="store_true",
+                   help="64 MiB arrays, 5 000 hit calls, 2 000 cached / 500 computed sweep items")
+    p.add_argument("--only", action="append", choices=SECTIONS, default=None,
+                   help="run only this section (repeatable): hits = (a), arrays = (b) (c) (d), "
+                        "sweeps = (e)")
     p.add_argument("--calls", type=int, default=None, help="hit calls per peer (default 20 000)")
     p.add_argument("--size-mib", type=int, default=None, help="array size in MiB (default 1024)")
+    p.add_argument("--sweep-items", type=int, default=None,
+                   help="items of the cached sweep (default 10 000; a multiple of 10)")
+    p.add_argument("--throughput-items", type=int, default=None,
+                   help="items of the throughput sweeps (default 2 000; a multiple of 10)")
     p.add_argument("--dir", default=None, help="scratch directory (default $TMPDIR or /tmp)")
     p.add_argument("--json", default=None, help="also write the raw results (seconds) to this file")
     a = p.parse_args()
+    ran = set(a.only or SECTIONS)
     n = a.calls or (5_000 if a.quick else 20_000)
     size = (a.size_mib or (64 if a.quick else 1024)) * MIB
     reps = 5 if a.quick else 3
+    cached_n = a.sweep_items or (2_000 if a.quick else 10_000)
+    tp_n = a.throughput_items or (500 if a.quick else 2_000)
+    for opt, v in (("--sweep-items", cached_n), ("--throughput-items", tp_n)):
+        if v < 10 or v % 10:
+            p.error(f"{opt} {v}: give a multiple of 10")
     tmp = tempfile.mkdtemp(prefix="runcache-pybench-", dir=a.dir)
     print(
         f"runcache {rc.__version__} Python benchmark: {os.cpu_count()} CPUs, Python "
         f"{sys.version.split()[0]}, numpy {np.__version__}; temp dir {tmp}"
     )
     try:
-        bench_hits(tmp, n)
-        arr = make_array(size)
-        bench_large_argument(tmp, arr, reps)
-        bench_store_and_load(tmp, arr, reps)
+        if "hits" in ran:
+            bench_hits(tmp, n)
+        if "arrays" in ran:
+            arr = make_array(size)
+            bench_large_argument(tmp, arr, reps)
+            bench_store_and_load(tmp, arr, reps)
+            del arr
+        if "sweeps" in ran:
+            bench_sweeps(tmp, cached_n, tp_n, 5)
         summary()
-        targets()
+        targets(ran)
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(results, f, indent=1)
