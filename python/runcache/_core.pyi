@@ -106,8 +106,8 @@ class Store:
     def statuses(self, keys: list[str], mode: str, since_unix_ms: int) -> list[bool]:
         """Whether each key's entry settles a sweep item submitted at ``since_unix_ms``."""
 
-    def item_state(self, key: str, mode: str, since_unix_ms: int) -> str:
-        """pending, running, completed, cached, failed or interrupted."""
+    def item_states(self, keys: list[str], mode: str, since_unix_ms: int) -> list[str]:
+        """Each item's state: pending, running, completed, cached, failed or interrupted."""
 
     def save_sweep(self, record: str) -> None:
         """Creates or replaces a sweep record (JSON)."""

@@ -130,6 +130,38 @@ def _new_id(namespace: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{short.strip('-') or 'task'}-{secrets.token_hex(3)}"
 
 
+_SETTLED = ("completed", "cached", "failed")
+
+
+class _Tracker:
+    """Follows a sweep's item states while waiting: each poll reads only the items not yet
+    settled (a settled item never changes for this sweep), so polls get cheaper as the sweep
+    progresses and a poll of a finished sweep costs nothing."""
+
+    def __init__(self, sweep: "SweepHandle") -> None:
+        self.sweep = sweep
+        self.states: list[str] = ["pending"] * sweep.total
+        self.open = list(range(sweep.total))
+
+    def settled(self, index: int) -> bool:
+        return self.states[index] in _SETTLED
+
+    def poll(self) -> SweepStatus:
+        rec = self.sweep.record
+        keys = self.sweep.keys
+        if self.open:
+            fresh = self.sweep.store.item_states(
+                [keys[i] for i in self.open], rec["mode"], rec["created_unix_ms"]
+            )
+            for i, state in zip(self.open, fresh):
+                self.states[i] = state
+            self.open = [i for i in self.open if self.states[i] not in _SETTLED]
+        n = {s: 0 for s in ("pending", "running", "completed", "cached", "failed", "interrupted")}
+        for state in self.states:
+            n[state] += 1
+        return SweepStatus(id=self.sweep.id, total=self.sweep.total, items=[], **n)
+
+
 class SweepHandle:
     """A submitted sweep: its status, its results in order, and its workers' commands.
 
@@ -260,16 +292,21 @@ class SweepHandle:
 
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = Progress(self, enabled=progress, initial=None)
+        watched = list(range(self.total)) if indices is None else sorted(set(indices))
+        tracker = _Tracker(self)
         try:
             while True:
                 t0 = time.monotonic()
-                st = self.status()
+                st = tracker.poll()
                 bar.update(st)
-                if self._settled(st, indices):
+                if all(tracker.settled(i) for i in watched):
                     return st
                 if self.executor is not None:
                     ws = self.executor.poll(self)
-                    if ws.alive == 0 and st.running == 0 and not self._settled(self.status(), indices):
+                    if ws.alive == 0 and st.running == 0:
+                        st = tracker.poll()
+                        if all(tracker.settled(i) for i in watched):
+                            return st
                         if resubmits <= 0 or ws.fatal:
                             raise SweepStalled(self._stall_message(st, ws))
                         resubmits -= 1
@@ -284,21 +321,12 @@ class SweepHandle:
                         f"sweep {self.id} is not finished after {timeout} s "
                         f"({st.done}/{st.total} done, {st.running} running, {st.queued} queued)"
                     )
-                # Poll every 50 ms, or less often when reading the status is costly (at most
-                # a fifth of the time goes to polling).
+                # Poll every 50 ms, or less often when reading the states is costly (at most a
+                # fifth of the time goes to polling). Settled items are never read again.
                 spent = time.monotonic() - t0
                 time.sleep(min(max(0.05, spent * 4), 2.0))
         finally:
             bar.close()
-
-    def _settled(self, st: SweepStatus, indices: Sequence[int] | None) -> bool:
-        if indices is None or st.drained:
-            return st.drained
-        # A subset: look at those items only.
-        keys = self.keys
-        states = self.store.statuses([keys[i] for i in indices], self.record["mode"],
-                                     self.record["created_unix_ms"])
-        return all(states)
 
     def _stall_message(self, st: SweepStatus, ws: WorkerState) -> str:
         lines = [
@@ -397,9 +425,9 @@ class Job:
 
     def status(self) -> str:
         """pending, running, completed, cached, failed or interrupted."""
-        return self.sweep.store.item_state(
-            self.key, self.sweep.record["mode"], self.sweep.record["created_unix_ms"]
-        )
+        return self.sweep.store.item_states(
+            [self.key], self.sweep.record["mode"], self.sweep.record["created_unix_ms"]
+        )[0]
 
     def done(self) -> bool:
         """True when the item is settled (completed, cached or failed)."""

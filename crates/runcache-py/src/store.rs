@@ -358,24 +358,37 @@ impl Store {
         .map_err(to_py)
     }
 
-    /// The state of one sweep item: pending, running, completed, cached, failed, interrupted.
-    fn item_state(
+    /// The state of each sweep item (`keys`, of a sweep submitted at `since_unix_ms` in `mode`):
+    /// pending, running, completed, cached, failed or interrupted.
+    fn item_states(
         &self,
         py: Python<'_>,
-        key: &str,
+        keys: Vec<String>,
         mode: &str,
         since_unix_ms: u64,
-    ) -> PyResult<String> {
+    ) -> PyResult<Vec<String>> {
         let mode: Mode = mode.parse().map_err(to_py)?;
-        let key = parse_key(key)?;
-        let state = py
-            .detach(|| self.inner.item_state(&key, mode, since_unix_ms))
+        let keys = keys
+            .iter()
+            .map(|k| parse_key(k))
+            .collect::<PyResult<Vec<_>>>()?;
+        let states = py
+            .detach(|| {
+                keys.iter()
+                    .map(|k| self.inner.item_state(k, mode, since_unix_ms))
+                    .collect::<runcache::Result<Vec<_>>>()
+            })
             .map_err(to_py)?;
-        Ok(serde_json::to_value(state)
-            .expect("state serializes")
-            .as_str()
-            .expect("a string")
-            .to_string())
+        Ok(states
+            .into_iter()
+            .map(|s| {
+                serde_json::to_value(s)
+                    .expect("state serializes")
+                    .as_str()
+                    .expect("a string")
+                    .to_string()
+            })
+            .collect())
     }
 
     /// Writes (creates or replaces) a sweep record given as JSON text.
