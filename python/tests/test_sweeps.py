@@ -11,7 +11,7 @@ import time
 import pytest
 
 import runcache as rc
-from sweep_tasks import computed, flaky, hungry, slow, square
+from sweep_tasks import column_means, computed, flaky, hungry, slow, square
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -333,3 +333,18 @@ def test_interactive_tasks_get_a_clear_error_before_anything_is_submitted(tmp_pa
     assert out.returncode == 0, out.stderr
     assert "refused:" in out.stdout and "interactive session" in out.stdout
     assert "[1, 2]" in out.stdout
+
+
+def test_large_array_arguments_reach_workers_once_and_keep_their_keys(store):
+    np = pytest.importorskip("numpy")
+    X = np.arange(600_000, dtype=np.float64).reshape(-1, 6)  # 4.8 MB, shared by every item
+    items = [{"X": X, "scale": s} for s in range(4)]
+    got = column_means.map(items, executor=rc.Local(workers=2))
+    want = [(X.mean(axis=0) * s).tolist() for s in range(4)]
+    assert got == want
+    # The array was stored once for the whole sweep, not once per item.
+    stored = sum(
+        os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(store / "blobs") for f in files
+    )
+    assert X.nbytes <= stored < 2 * X.nbytes, stored
+    assert column_means.map(items, executor=rc.Local(workers=2)) == want
