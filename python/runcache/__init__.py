@@ -19,6 +19,7 @@ from runcache._entry import Entry, Explanation
 from runcache._executors import Executor, Inline, Local, Manual
 from runcache._memory import Memory
 from runcache._scope import artifact_path, set_metadata
+from runcache._slurm import Slurm
 from runcache._sweep import (
     Failure,
     Job,
@@ -47,6 +48,7 @@ __all__ = [
     "RecordedFailure",
     "RuncacheError",
     "SignatureError",
+    "Slurm",
     "StoreError",
     "SweepError",
     "SweepHandle",
