@@ -691,9 +691,12 @@ class Slurm(Executor):
             if key[0] not in jobs or key in tracking.ended:
                 continue
             state = listed.get(key)
-            if state is None or state not in ALIVE_STATES:
-                todo.append(key)
             tracking.states[key] = state or "UNKNOWN"
+            if state is not None and state not in ALIVE_STATES | PROBLEM_STATES:
+                # Ended well (COMPLETED): nothing more to know.
+                tracking.ended[key] = TaskInfo(state, stdout=log_path(tracking.folder, *key))
+            elif state is None or state in PROBLEM_STATES:
+                todo.append(key)  # gone from squeue, or ended badly: ask for the details
         if not todo:
             return
         details: dict[tuple[str, int], TaskInfo] = {}
