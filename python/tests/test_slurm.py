@@ -66,6 +66,18 @@ def counted_sbatch(tmp_path, monkeypatch):
     return lambda: calls.read_text().splitlines() if calls.exists() else []
 
 
+def wait_until_ended(ex, handle, timeout=60):
+    """The executor's view once no task is alive (a task that just finished its last item may
+    still be COMPLETING when the sweep is already drained)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = ex.poll(handle)
+        if state.alive == 0:
+            return state
+        assert time.monotonic() < deadline, state
+        time.sleep(0.2)
+
+
 def executor(tmp_path, **kw):
     opts = dict(mem="200M", time="00:10:00", log_dir=str(tmp_path / "slurm-logs"),
                 poll_interval=0.5)
@@ -109,8 +121,8 @@ def test_the_sweep_record_names_the_array(cluster, store, trace, tmp_path):
     info = again.executor_info
     assert info["kind"] == "Slurm" and len(info["job_ids"]) == 1
     assert info["log_dir"] == str(tmp_path / "slurm-logs" / handle.id)
-    state = rc.Slurm(poll_interval=0).poll(again)
-    assert state.alive == 0 and state.problems == []
+    state = wait_until_ended(rc.Slurm(poll_interval=0), again)
+    assert state.problems == []
 
 
 def test_a_failing_item_is_reported(cluster, store, trace, tmp_path):
@@ -150,7 +162,7 @@ def test_scancel_of_a_task_mid_item_loses_nothing(cluster, store, trace, tmp_pat
     job, task = victim.split("_")
     log = tmp_path / "slurm-logs" / handle.id / f"{job}_{task}.out"
     assert "SIGTERM" in log.read_text()
-    state = rc.Slurm(poll_interval=0).poll(rc.sweep(handle.id))
+    state = wait_until_ended(rc.Slurm(poll_interval=0), rc.sweep(handle.id))
     assert any(p.startswith(f"SLURM task {victim}: CANCELLED") for p in state.problems), state
     assert str(log) in " ".join(state.problems)
 
@@ -181,3 +193,41 @@ def test_snapshot_runs_the_code_as_submitted(cluster, store, tmp_path, monkeypat
     assert [j.result(timeout=120) for j in jobs] == [("old", 1), ("old", 2)]
     code = tmp_path / "slurm-logs" / jobs[0].sweep.id / "code"
     assert (code / "snapmod.py").read_text().count("'old'") == 1
+
+
+SCRIPT = """\
+import sys
+
+import runcache as rc
+
+
+@rc.task(version="1")
+def where(x):
+    return ("{version}", x)
+
+
+if __name__ == "__main__":
+    rc.configure(store=sys.argv[1])
+    ex = rc.Slurm(snapshot=True, extra={{"hold": True}}, mem="200M", time="00:10:00",
+                  log_dir=sys.argv[2])
+    jobs = where.map([1, 2], executor=ex, wait=False)
+    print(jobs[0].sweep.id)
+"""
+
+
+def test_snapshot_covers_a_task_defined_in_the_main_script(cluster, store, tmp_path):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    script = proj / "run.py"
+    script.write_text(SCRIPT.format(version="old"))
+    logs = tmp_path / "slurm-logs"
+    p = subprocess.run([sys.executable, str(script), str(store), str(logs)], cwd=proj,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    sweep_id = p.stdout.strip().splitlines()[-1]
+    script.write_text(SCRIPT.format(version="new"))  # edited while the jobs wait
+    handle = rc.sweep(sweep_id)
+    subprocess.run(["scontrol", "release", *handle.executor_info["job_ids"]], check=True,
+                   timeout=30)
+    assert handle.results(timeout=120, progress=False) == [("old", 1), ("old", 2)]
+    assert (logs / sweep_id / "code" / "run.py").exists()
