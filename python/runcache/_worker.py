@@ -59,6 +59,7 @@ def load_callable(runner: dict[str, Any]) -> Any:
                 "the sweep's task was defined in an interactive session (no script file), "
                 "which a worker cannot import: move it into a module, or use runcache.Inline()"
             )
+        path = _snapshot_copy(path)
         # Like multiprocessing: run the script under another name (its `if __name__ ==
         # "__main__":` block stays off) and let pickled `__main__.X` references resolve to it.
         global importing_main
@@ -80,6 +81,21 @@ def load_callable(runner: dict[str, Any]) -> Any:
     if task is None:
         raise RuntimeError(f"{module_name}.{qualname} is not a runcache task")
     return task
+
+
+def _snapshot_copy(path: str) -> str:
+    """The script itself, or its copy when the executor took a snapshot of the submitter's code
+    (``runcache.Slurm(snapshot=True)`` exports RUNCACHE_SNAPSHOT, the copy, and
+    RUNCACHE_SNAPSHOT_OF, the folder it copied): modules come from the copy through PYTHONPATH,
+    and the script must too."""
+    copy, original = os.environ.get("RUNCACHE_SNAPSHOT"), os.environ.get("RUNCACHE_SNAPSHOT_OF")
+    if not copy or not original:
+        return path
+    rel = os.path.relpath(os.path.realpath(path), os.path.realpath(original))
+    candidate = os.path.join(copy, rel)
+    if rel.startswith(os.pardir) or not os.path.isfile(candidate):
+        return path
+    return candidate
 
 
 class _Capture:

@@ -572,3 +572,23 @@ def test_project_dir_is_the_main_scripts_folder(tmp_path, monkeypatch):
 def test_repr_shows_what_differs_from_the_defaults():
     assert repr(Slurm()) == "runcache.Slurm()"
     assert repr(Slurm(partition="gpu", gpus=1)) == "runcache.Slurm(partition='gpu', gpus=1)"
+
+
+def test_worker_runs_the_snapshot_copy_of_the_main_script(tmp_path, monkeypatch):
+    from runcache import _worker
+
+    proj, copy = tmp_path / "proj", tmp_path / "copy"
+    (proj / "sub").mkdir(parents=True)
+    (copy / "sub").mkdir(parents=True)
+    (proj / "sub" / "run.py").write_text("")
+    (copy / "sub" / "run.py").write_text("")
+    (tmp_path / "elsewhere.py").write_text("")
+    script = str(proj / "sub" / "run.py")
+    assert _worker._snapshot_copy(script) == script  # no snapshot
+    monkeypatch.setenv("RUNCACHE_SNAPSHOT", str(copy))
+    monkeypatch.setenv("RUNCACHE_SNAPSHOT_OF", str(proj))
+    assert _worker._snapshot_copy(script) == str(copy / "sub" / "run.py")
+    outside = str(tmp_path / "elsewhere.py")
+    assert _worker._snapshot_copy(outside) == outside  # not under the copied folder
+    (copy / "sub" / "run.py").unlink()
+    assert _worker._snapshot_copy(script) == script  # not copied (e.g. too large)
