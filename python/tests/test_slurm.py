@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -100,8 +101,10 @@ def test_a_sweep_runs_as_one_array(cluster, store, trace, tmp_path, counted_sbat
     assert all(job != "none" for _, job in done)
     # What the item printed is in its entry's logs.
     assert "cube of 5 in array task" in cube.entry(5, trace).logs()
-    # The workers' own logs are where the executor says.
+    # The workers' own logs are where the executor says (once every task has run: the sweep
+    # may be drained before the last tasks even start).
     (sweep_dir,) = (tmp_path / "slurm-logs").iterdir()
+    assert wait_until_ended(ex, rc.sweep(sweep_dir.name)).problems == []
     outs = sorted(p.name for p in sweep_dir.glob("*.out"))
     assert len(outs) == 8, outs
     assert all(p.read_text().count("runcache worker") >= 1 for p in sweep_dir.glob("*.out"))
@@ -231,3 +234,30 @@ def test_snapshot_covers_a_task_defined_in_the_main_script(cluster, store, tmp_p
                    timeout=30)
     assert handle.results(timeout=120, progress=False) == [("old", 1), ("old", 2)]
     assert (logs / sweep_id / "code" / "run.py").exists()
+
+
+def test_a_sweep_whose_only_task_was_cancelled_is_resubmitted(
+    cluster, store, trace, tmp_path, counted_sbatch
+):
+    items = [{"x": i, "trace": trace, "hold": 1} for i in range(3)]
+    ex = executor(tmp_path, max_tasks=1, poll_interval=1.0)
+    started = os.path.join(trace, "started")
+
+    def cancel_when_held():
+        deadline = time.monotonic() + 120
+        while not os.path.exists(started) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with open(started) as f:
+            subprocess.run(["scancel", f.read().strip()], timeout=30)
+
+    killer = threading.Thread(target=cancel_when_held, daemon=True)
+    killer.start()
+    results = sleepy.map(items, executor=ex, progress=False)
+    killer.join(timeout=10)
+    assert results == [1000, 1001, 1002]
+    assert collections.Counter(x for x, _ in computed(trace)) == {0: 1, 1: 1, 2: 1}
+    # The first array's only task died with item 1 unfinished: the sweep started a second one.
+    calls = counted_sbatch()
+    assert len(calls) == 2 and all("--array=0-0 " in c + " " for c in calls), calls
+    (sweep_dir,) = (tmp_path / "slurm-logs").iterdir()
+    assert len(rc.sweep(sweep_dir.name).executor_info["job_ids"]) == 2
