@@ -88,6 +88,10 @@ class SlurmError(RuntimeError):
     """A SLURM command is missing or failed."""
 
 
+class SlurmTimeout(SlurmError):
+    """A SLURM command did not answer in time (a busy or restarting controller)."""
+
+
 # -- parsing SLURM's answers ------------------------------------------------------------------
 
 
@@ -533,7 +537,7 @@ class Slurm(Executor):
                 "login node) or add SLURM's bin directory to PATH"
             ) from None
         except subprocess.TimeoutExpired:
-            raise SlurmError(f"{shlex.join(argv)} did not answer within 120 s") from None
+            raise SlurmTimeout(f"{shlex.join(argv)} did not answer within 120 s") from None
         if check and proc.returncode != 0:
             raise SlurmError(
                 f"{shlex.join(argv)} failed (exit code {proc.returncode}): "
@@ -680,9 +684,13 @@ class Slurm(Executor):
         )
         if not jobs:
             return
-        proc = self._run(
-            ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(jobs), "-o", "%i %T"], check=False
-        )
+        try:
+            proc = self._run(
+                ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(jobs), "-o", "%i %T"],
+                check=False,
+            )
+        except SlurmTimeout:
+            return  # the controller is busy: keep what we knew
         if proc.returncode != 0 and "invalid job id" not in proc.stderr.lower():
             return  # the controller did not answer: keep what we knew
         listed = parse_squeue(proc.stdout) if proc.returncode == 0 else {}
@@ -700,19 +708,22 @@ class Slurm(Executor):
         if not todo:
             return
         details: dict[tuple[str, int], TaskInfo] = {}
-        for job in sorted({k[0] for k in todo}, key=int):
-            p = self._run(["scontrol", "-o", "show", "job", job], check=False)
-            if p.returncode == 0:
-                details.update(parse_scontrol_jobs(p.stdout))
-        missing = [k for k in todo if k not in details]
-        if missing and accounting_enabled(self.cluster_config()):
-            ids = ",".join(sorted({k[0] for k in missing}, key=int))
-            p = self._run(
-                ["sacct", "-n", "-P", "-j", ids, "-o", "JobID,State,ExitCode"], check=False
-            )
-            if p.returncode == 0 and not sacct_disabled(p.stdout + p.stderr):
-                for k, v in parse_sacct(p.stdout).items():
-                    details.setdefault(k, v)
+        try:
+            for job in sorted({k[0] for k in todo}, key=int):
+                p = self._run(["scontrol", "-o", "show", "job", job], check=False)
+                if p.returncode == 0:
+                    details.update(parse_scontrol_jobs(p.stdout))
+            missing = [k for k in todo if k not in details]
+            if missing and accounting_enabled(self.cluster_config()):
+                ids = ",".join(sorted({k[0] for k in missing}, key=int))
+                p = self._run(
+                    ["sacct", "-n", "-P", "-j", ids, "-o", "JobID,State,ExitCode"], check=False
+                )
+                if p.returncode == 0 and not sacct_disabled(p.stdout + p.stderr):
+                    for k, v in parse_sacct(p.stdout).items():
+                        details.setdefault(k, v)
+        except SlurmTimeout:
+            return  # ask again at the next poll
         for key in todo:
             info = details.get(key)
             listed_state = listed.get(key)
@@ -753,7 +764,14 @@ class Slurm(Executor):
         tracking = self._tracking.get(sweep.id) or self._restore(sweep)
         if tracking is None or not tracking.submissions:
             return
-        self._run(["scancel", *[s.job for s in tracking.submissions]])
+        proc = self._run(["scancel", *[s.job for s in tracking.submissions]], check=False)
+        # Jobs the controller has already forgotten are not an error: they are not running.
+        errors = [
+            line for line in proc.stderr.splitlines()
+            if line.strip() and "invalid job id" not in line.lower()
+        ]
+        if proc.returncode != 0 and errors:
+            raise SlurmError(f"scancel failed (exit code {proc.returncode}): {' '.join(errors)}")
         tracking.last_query = None  # the next poll asks again
 
 

@@ -186,7 +186,7 @@ def test_array_specs():
 
 
 def fake_slurm(tmp_path, monkeypatch, max_array_size=1001, accounting="accounting_storage/none",
-               squeue="", scontrol_job="", sacct="", sbatch_fails=False):
+               squeue="", scontrol_job="", sacct="", sbatch_fails=False, scancel_error=""):
     """Puts fake sbatch/scontrol/squeue/sacct/scancel on PATH. Each call is appended (as a JSON
     argv) to calls.jsonl; sbatch answers job ids 100, 101, ..."""
     bin_dir = tmp_path / "fakebin"
@@ -229,6 +229,9 @@ def fake_slurm(tmp_path, monkeypatch, max_array_size=1001, accounting="accountin
             show("squeue.out")
         elif name == "sacct":
             show("sacct.out")
+        elif name == "scancel" and {scancel_error!r}:
+            sys.stderr.write({scancel_error!r} + "\\n")
+            sys.exit(1)
         """)
     for name in ("sbatch", "scontrol", "squeue", "sacct", "scancel"):
         p = bin_dir / name
@@ -592,3 +595,20 @@ def test_worker_runs_the_snapshot_copy_of_the_main_script(tmp_path, monkeypatch)
     assert _worker._snapshot_copy(outside) == outside  # not under the copied folder
     (copy / "sub" / "run.py").unlink()
     assert _worker._snapshot_copy(script) == script  # not copied (e.g. too large)
+
+
+def test_cancel_ignores_forgotten_jobs_but_reports_other_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fake_slurm(tmp_path, monkeypatch,
+               scancel_error="scancel: error: Kill job error on job id 100: Invalid job id specified")
+    sweep = FakeSweep(queued=2)
+    ex = Slurm()
+    ex.launch(sweep)
+    ex.cancel(sweep)  # no error
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fakebin").rename(tmp_path / "fakebin-old")
+    fake_slurm(tmp_path, monkeypatch,
+               scancel_error="scancel: error: Kill job error on job id 100: Access/permission denied")
+    with pytest.raises(_slurm.SlurmError, match="permission denied"):
+        ex.cancel(sweep)
