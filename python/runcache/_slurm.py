@@ -21,7 +21,7 @@ import time as _time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from runcache._executors import Executor, WorkerState
+from runcache._executors import WORKER_SETUP_FAILED, Executor, WorkerState
 
 if TYPE_CHECKING:
     from runcache._sweep import SweepHandle
@@ -415,6 +415,7 @@ def take_snapshot(src: Path, dest: Path, exclude: Iterable[Path] = ()) -> int:
 class _Submission:
     job: str
     tasks: int
+    launch: int = 0  # which call of launch() submitted it (resubmissions count up)
 
 
 @dataclasses.dataclass
@@ -615,6 +616,7 @@ class Slurm(Executor):
         specs = array_specs(n, max_array_size(config) if config else n, self.array_parallelism)
         tracking = self._tracking.get(sweep.id) or self._restore(sweep) or _Tracking(folder, [])
         tracking.folder = folder
+        launch_no = 1 + max((s.launch for s in tracking.submissions), default=-1)
         previous = None
         for spec in specs:
             argv = ["sbatch", "--parsable", f"--array={spec}"]
@@ -626,7 +628,7 @@ class Slurm(Executor):
             if not job.isdigit():
                 raise SlurmError(f"sbatch answered {out!r}, not a job id ({shlex.join(argv)})")
             previous = job
-            tracking.submissions.append(_Submission(job, len(expand_task_ids(spec))))
+            tracking.submissions.append(_Submission(job, len(expand_task_ids(spec)), launch_no))
             self._tracking[sweep.id] = tracking
             # Saved after each submission: a later session can see (and cancel) what runs.
             sweep.save_executor_info(
@@ -636,6 +638,7 @@ class Slurm(Executor):
                     "script": script,
                     "job_ids": [s.job for s in tracking.submissions],
                     "tasks": [s.tasks for s in tracking.submissions],
+                    "launches": [s.launch for s in tracking.submissions],
                 }
             )
 
@@ -651,8 +654,13 @@ class Slurm(Executor):
         tasks = list(info.get("tasks") or [])
         if len(tasks) != len(jobs):
             tasks = [1] * len(jobs)
+        launches = list(info.get("launches") or [])
+        if len(launches) != len(jobs):
+            launches = [0] * len(jobs)
         t = _Tracking(str(info.get("log_dir") or self.sweep_folder(sweep)), [])
-        t.submissions = [_Submission(j, int(n)) for j, n in zip(jobs, tasks)]
+        t.submissions = [
+            _Submission(j, int(n), int(k)) for j, n, k in zip(jobs, tasks, launches)
+        ]
         return t  # last_query is None: the first poll asks SLURM
 
     # -- poll -------------------------------------------------------------------------------
@@ -746,7 +754,8 @@ class Slurm(Executor):
     def _state(self, tracking: _Tracking) -> WorkerState:
         alive = 0
         problems: list[str] = []
-        for key in self._all_tasks(tracking):
+        keys = self._all_tasks(tracking)
+        for key in keys:
             info = tracking.ended.get(key)
             if info is None:
                 # Listed alive, or submitted and not looked at yet (assumed pending).
@@ -756,7 +765,20 @@ class Slurm(Executor):
                 continue
             if info.state in PROBLEM_STATES:
                 problems.append(problem_line(key, info))
-        return WorkerState(alive=alive, problems=problems)
+        # Every worker of the latest launch gave up before computing anything (the task cannot
+        # be imported, the code differs from the submitter's): another array would fail the
+        # same way.
+        latest = max((s.launch for s in tracking.submissions), default=0)
+        last = [(s.job, t) for s in tracking.submissions if s.launch == latest
+                for t in range(s.tasks)]
+        setup_failed = f"{WORKER_SETUP_FAILED}:0"
+        fatal = bool(last) and alive == 0 and all(
+            k in tracking.ended
+            and tracking.ended[k].state == "FAILED"
+            and tracking.ended[k].exit_code == setup_failed
+            for k in last
+        )
+        return WorkerState(alive=alive, problems=problems, fatal=fatal)
 
     # -- cancel -----------------------------------------------------------------------------
 

@@ -261,3 +261,31 @@ def test_a_sweep_whose_only_task_was_cancelled_is_resubmitted(
     assert len(calls) == 2 and all("--array=0-0 " in c + " " for c in calls), calls
     (sweep_dir,) = (tmp_path / "slurm-logs").iterdir()
     assert len(rc.sweep(sweep_dir.name).executor_info["job_ids"]) == 2
+
+
+def test_workers_that_cannot_import_the_task_are_not_resubmitted(
+    cluster, store, tmp_path, monkeypatch, request, counted_sbatch
+):
+    # The task's module disappears before the (held) array starts: every worker exits with
+    # status 2, which the executor reports as fatal, so the sweep stops without resubmitting.
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "gonemod.py").write_text(
+        "import runcache as rc\n\n@rc.task(version='1')\ndef gone(x):\n    return x\n"
+    )
+    monkeypatch.syspath_prepend(str(proj))
+    import gonemod
+
+    request.addfinalizer(lambda: sys.modules.pop("gonemod", None))
+    ex = executor(tmp_path, extra={"hold": True})
+    jobs = gonemod.gone.map([1, 2], executor=ex, wait=False)
+    handle = jobs[0].sweep
+    (proj / "gonemod.py").unlink()
+    subprocess.run(["scontrol", "release", *handle.executor_info["job_ids"]], check=True,
+                   timeout=30)
+    with pytest.raises(rc.SweepStalled) as info:
+        handle.wait(timeout=120, progress=False)
+    assert "exit code 2:0" in str(info.value)
+    assert len(counted_sbatch()) == 1
+    (log,) = (tmp_path / "slurm-logs" / handle.id).glob("*_0.out")
+    assert "cannot import the task" in log.read_text()

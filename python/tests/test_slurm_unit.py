@@ -612,3 +612,31 @@ def test_cancel_ignores_forgotten_jobs_but_reports_other_errors(tmp_path, monkey
                scancel_error="scancel: error: Kill job error on job id 100: Access/permission denied")
     with pytest.raises(_slurm.SlurmError, match="permission denied"):
         ex.cancel(sweep)
+
+
+def test_fatal_when_every_worker_failed_to_set_up(tmp_path, monkeypatch):
+    # Exit code 2 (WORKER_SETUP_FAILED) from every task: resubmitting would not help.
+    monkeypatch.chdir(tmp_path)
+    scontrol = "".join(
+        f"JobId={200 + t} ArrayJobId=100 ArrayTaskId={t} JobState=FAILED "
+        f"Reason=NonZeroExitCode ExitCode={code}\n"
+        for t, code in enumerate(["2:0", "2:0"])
+    )
+    fake_slurm(tmp_path, monkeypatch, squeue="100_0 FAILED\n100_1 FAILED\n",
+               scontrol_job=scontrol)
+    sweep = FakeSweep(queued=2)
+    ex = Slurm(poll_interval=0)
+    ex.launch(sweep)
+    st = ex.poll(sweep)
+    assert st.alive == 0 and st.fatal and len(st.problems) == 2
+    # One task that failed otherwise: not fatal.
+    (tmp_path / "scontrol_job.out").write_text(scontrol.replace("ExitCode=2:0", "ExitCode=1:0", 1))
+    ex2 = Slurm(poll_interval=0)
+    sweep2 = FakeSweep(sweep_id="s2", queued=2)
+    ex2.launch(sweep2)
+    (tmp_path / "squeue.out").write_text("101_0 FAILED\n101_1 FAILED\n")
+    (tmp_path / "scontrol_job.out").write_text(
+        scontrol.replace("ArrayJobId=100", "ArrayJobId=101").replace("ExitCode=2:0", "ExitCode=1:0", 1)
+    )
+    st2 = ex2.poll(sweep2)
+    assert st2.alive == 0 and not st2.fatal
