@@ -247,6 +247,50 @@ class Task(Generic[R]):
                 n += 1
         return n
 
+    def _compute(
+        self,
+        store: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        capture: Callable[[], Any] | None = None,
+        sweep: str | None = None,
+    ) -> Callable[[], tuple[Any, list[tuple[str, str]], str]]:
+        """The computation the engine runs on a miss: the function inside an artifact scope,
+        returning (value, artifacts, metadata JSON). With ``capture``, the function's output
+        (and the traceback of its exception) goes where ``capture()`` sends it."""
+        fn = self.fn
+        source_hash = self._shared["source_hash"]
+
+        def run() -> Any:
+            if capture is None:
+                return fn(*args, **kwargs)
+            with capture():
+                try:
+                    return fn(*args, **kwargs)
+                except BaseException:
+                    traceback.print_exc()
+                    raise
+
+        def compute() -> tuple[Any, list[tuple[str, str]], str]:
+            scope = _scope.Scope(store.scratch_dir())
+            token = _scope.enter(scope)
+            _install_sigterm()
+            _computing.depth = getattr(_computing, "depth", 0) + 1
+            try:
+                value = run()
+            finally:
+                _computing.depth -= 1
+                _scope.leave(token)
+            metadata = dict(scope.metadata)
+            if source_hash:
+                metadata["source_hash"] = source_hash
+            metadata["function"] = f"{fn.__module__}.{fn.__qualname__}"
+            if sweep is not None:
+                metadata["sweep"] = sweep
+            return value, scope.artifacts, json.dumps(metadata, default=str)
+
+        return compute
+
     # -- sweeps --------------------------------------------------------------------------
 
     def _key_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -301,33 +345,10 @@ class Task(Generic[R]):
                 f"computes {mine[:12]} from the same arguments; the worker's code differs from "
                 "the submitter's"
             )
-        fn = self.fn
-        source_hash = self._shared["source_hash"]
-
         def doc() -> str:
             return _core.key_document(self.name, self._key_version, bound)
 
-        def compute() -> tuple[Any, list[tuple[str, str]], str]:
-            scope = _scope.Scope(store.scratch_dir())
-            token = _scope.enter(scope)
-            _computing.depth = getattr(_computing, "depth", 0) + 1
-            try:
-                with capture():
-                    try:
-                        value = fn(*args, **kwargs)
-                    except BaseException:
-                        traceback.print_exc()
-                        raise
-            finally:
-                _computing.depth -= 1
-                _scope.leave(token)
-            metadata = dict(scope.metadata)
-            if source_hash:
-                metadata["source_hash"] = source_hash
-            metadata["function"] = f"{fn.__module__}.{fn.__qualname__}"
-            metadata["sweep"] = record["id"]
-            return value, scope.artifacts, json.dumps(metadata, default=str)
-
+        compute = self._compute(store, args, kwargs, capture=capture, sweep=record["id"])
         return store.claim(
             self.name,
             self._key_version,
@@ -404,28 +425,13 @@ class Task(Generic[R]):
         bound = self._shared["sig"].bind(args, kwargs)
         key = _core.compute_key(self.name, self._key_version, bound)
         store = _config.open_store(opts)
-        fn = self.fn
         shared = self._shared
         source_hash = shared["source_hash"]
 
         def doc() -> str:
             return _core.key_document(self.name, self._key_version, bound)
 
-        def compute() -> tuple[Any, list[tuple[str, str]], str]:
-            scope = _scope.Scope(store.scratch_dir())
-            token = _scope.enter(scope)
-            _install_sigterm()
-            _computing.depth = getattr(_computing, "depth", 0) + 1
-            try:
-                value = fn(*args, **kwargs)
-            finally:
-                _computing.depth -= 1
-                _scope.leave(token)
-            metadata = dict(scope.metadata)
-            if source_hash:
-                metadata["source_hash"] = source_hash
-            metadata["function"] = f"{fn.__module__}.{fn.__qualname__}"
-            return value, scope.artifacts, json.dumps(metadata, default=str)
+        compute = self._compute(store, args, kwargs)
 
         try:
             value, computed, code_changed = store.call(
@@ -451,7 +457,7 @@ class Task(Generic[R]):
             shared["warned_code"] = True
             warnings.warn(
                 f"runcache: {self.name} returned a result computed by a different version of "
-                f"the source of {fn.__qualname__}. If the change matters, bump its version "
+                f"the source of {self.fn.__qualname__}. If the change matters, bump its version "
                 "(@runcache.task(version=...)) or use track_code=True.",
                 RuntimeWarning,
                 stacklevel=2,

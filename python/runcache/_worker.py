@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from runcache import _config, _core
+from runcache import _config
 
 
 #: True while a worker runs the submitter's script to find its task: a sweep started at that

@@ -28,6 +28,10 @@ fn parse_key(key: &str) -> PyResult<Key> {
     key.parse().map_err(to_py)
 }
 
+fn parse_keys(keys: &[String]) -> PyResult<Vec<Key>> {
+    keys.iter().map(|k| parse_key(k)).collect()
+}
+
 /// Current task versions by namespace, registered by the Python decorator: an entry that used
 /// a dependency whose version has changed since is stale (datajuicer's rule).
 static VERSIONS: LazyLock<Mutex<HashMap<String, String>>> = LazyLock::new(Default::default);
@@ -346,10 +350,7 @@ impl Store {
         since_unix_ms: u64,
     ) -> PyResult<Vec<bool>> {
         let mode: Mode = mode.parse().map_err(to_py)?;
-        let keys = keys
-            .iter()
-            .map(|k| parse_key(k))
-            .collect::<PyResult<Vec<_>>>()?;
+        let keys = parse_keys(&keys)?;
         py.detach(|| {
             keys.iter()
                 .map(|k| self.inner.settles(k, mode, since_unix_ms))
@@ -368,10 +369,7 @@ impl Store {
         since_unix_ms: u64,
     ) -> PyResult<Vec<String>> {
         let mode: Mode = mode.parse().map_err(to_py)?;
-        let keys = keys
-            .iter()
-            .map(|k| parse_key(k))
-            .collect::<PyResult<Vec<_>>>()?;
+        let keys = parse_keys(&keys)?;
         let states = py
             .detach(|| {
                 keys.iter()
@@ -400,10 +398,7 @@ impl Store {
 
     /// Stores a sweep's item keys; returns the digest of the key list.
     fn save_sweep_keys(&self, py: Python<'_>, keys: Vec<String>) -> PyResult<String> {
-        let keys = keys
-            .iter()
-            .map(|k| parse_key(k))
-            .collect::<PyResult<Vec<_>>>()?;
+        let keys = parse_keys(&keys)?;
         let digest = py
             .detach(|| self.inner.save_sweep_keys(&keys))
             .map_err(to_py)?;
