@@ -5,6 +5,7 @@ every executor only decides where `python -m runcache worker` runs.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import os
 import signal
@@ -35,7 +36,7 @@ class WorkerState:
     fatal: bool = False
 
 
-class Executor:
+class Executor(abc.ABC):
     """Base class: how the workers of a sweep are started.
 
     ``launch`` starts workers for ``sweep.queued`` items; ``poll`` reports whether any are still
@@ -43,23 +44,23 @@ class Executor:
     worker ended with items left (a resubmission).
     """
 
-    #: True when the executor runs items in the calling process (no workers at all).
-    inline = False
-
+    @abc.abstractmethod
     def launch(self, sweep: "SweepHandle") -> None:
-        raise NotImplementedError
+        """Starts workers for the sweep's queued items."""
 
+    @abc.abstractmethod
     def poll(self, sweep: "SweepHandle") -> WorkerState:
-        raise NotImplementedError
+        """Reports the sweep's workers: how many are alive, and what ended badly."""
 
+    @abc.abstractmethod
     def cancel(self, sweep: "SweepHandle") -> None:
-        raise NotImplementedError
+        """Stops the sweep's workers."""
 
 
-class Inline(Executor):
-    """Runs every item in the calling process, one after the other (debugging, notebooks)."""
+class Inline:
+    """Runs every item in the calling process, one after the other (debugging, notebooks). It
+    starts no workers and writes no sweep: each item is an ordinary call of the task."""
 
-    inline = True
 
     def __repr__(self) -> str:
         return "runcache.Inline()"
@@ -116,6 +117,15 @@ class Inline(Executor):
         if failures and errors == "raise":
             raise _sweep.SweepError(_sweep.summarize(failures, len(keys)), failures, results)
         return results
+
+
+def check(executor: Any) -> None:
+    """Refuses what is not an executor, naming the ones there are."""
+    if not isinstance(executor, Executor):
+        raise TypeError(
+            f"executor={executor!r} is not an executor: use runcache.Local(), runcache.Inline(), "
+            "runcache.Manual(), runcache.Slurm(...) or a subclass of runcache.Executor"
+        )
 
 
 @dataclasses.dataclass

@@ -387,8 +387,9 @@ class Task(Generic[R]):
         opts = self._effective()
         if executor is None:
             executor = _executors.Local()
-        if getattr(executor, "inline", False):
+        if isinstance(executor, _executors.Inline):
             return executor.run(self, calls, opts, progress=progress, wait=wait, errors=errors)
+        _executors.check(executor)
         handle, keys, _ = _sweep.submit(self, calls, executor, opts)
         if handle is None:
             # Everything is settled already: no sweep is written, nothing starts.
@@ -408,8 +409,9 @@ class Task(Generic[R]):
         if executor is None:
             executor = _executors.Local(workers=1)
         calls = [(args, kwargs)]
-        if getattr(executor, "inline", False):
+        if isinstance(executor, _executors.Inline):
             return executor.run(self, calls, opts, progress=False, wait=False, errors="return")[0]
+        _executors.check(executor)
         handle, keys, _ = _sweep.submit(self, calls, executor, opts)
         if handle is None:
             return _executors.settled_job(_config.open_store(opts), 0, keys[0], opts)

@@ -348,3 +348,10 @@ def test_large_array_arguments_reach_workers_once_and_keep_their_keys(store):
     )
     assert X.nbytes <= stored < 2 * X.nbytes, stored
     assert column_means.map(items, executor=rc.Local(workers=2)) == want
+
+
+def test_a_wrong_executor_is_refused_by_name(store, trace):
+    with pytest.raises(TypeError, match="not an executor"):
+        square.map([{"x": 1, "trace": trace}], executor="local")
+    with pytest.raises(TypeError, match="abstract"):
+        rc.Executor()
