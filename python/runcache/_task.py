@@ -261,23 +261,16 @@ class Task(Generic[R]):
         fn = self.fn
         source_hash = self._shared["source_hash"]
 
-        def run() -> Any:
-            if capture is None:
-                return fn(*args, **kwargs)
-            with capture():
-                try:
-                    return fn(*args, **kwargs)
-                except BaseException:
-                    traceback.print_exc()
-                    raise
-
         def compute() -> tuple[Any, list[tuple[str, str]], str]:
             scope = _scope.Scope(store.scratch_dir())
             token = _scope.enter(scope)
             _install_sigterm()
             _computing.depth = getattr(_computing, "depth", 0) + 1
             try:
-                value = run()
+                if capture is None:
+                    value = fn(*args, **kwargs)
+                else:
+                    value = _run_captured(capture, fn, args, kwargs)
             finally:
                 _computing.depth -= 1
                 _scope.leave(token)
@@ -465,6 +458,18 @@ class Task(Generic[R]):
                 stacklevel=2,
             )
         return result
+
+
+def _run_captured(
+    capture: Callable[[], Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Runs ``fn`` with its output (and its exception's traceback) sent where ``capture`` says."""
+    with capture():
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            traceback.print_exc()
+            raise
 
 
 def _check_resources(resources: dict[str, float] | None) -> dict[str, float]:

@@ -53,7 +53,6 @@ def test_local_workers_compute_each_item_exactly_once(store, trace):
     pids = {pid for _, pid in computed(trace)}
     assert os.getpid() not in pids  # computed by worker processes
     # The same sweep again computes nothing and writes no new sweep.
-    sweeps_before = rc.sweep  # noqa: F841 - API presence
     again = square.map(items, executor=rc.Local(workers=2))
     assert again == results
     assert len(computed(trace)) == 200
