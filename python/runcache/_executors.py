@@ -61,7 +61,6 @@ class Inline:
     """Runs every item in the calling process, one after the other (debugging, notebooks). It
     starts no workers and writes no sweep: each item is an ordinary call of the task."""
 
-
     def __repr__(self) -> str:
         return "runcache.Inline()"
 
@@ -81,23 +80,28 @@ class Inline:
         store = _config.open_store(opts)
         keys = [task._key_of(a, k) for a, k in calls]
         mode = opts.get("mode", "cached")
-        now_ms = int(time.time() * 1000)
+        # What is already settled is loaded, not computed (force and off settle nothing).
         before = (
-            store.statuses(keys, mode, now_ms)
-            if mode in ("cached", "retry")
+            store.statuses(keys, mode, int(time.time() * 1000))
+            if mode in ("cached", "retry", "read-only")
             else [False] * len(keys)
         )
-        counts = _Counts(total=len(keys), cached=sum(before))
-        record = {"namespace": task.name}
-        bar = Progress(_Shown(len(keys), record), enabled=progress)
+        counts = _sweep.SweepStatus(
+            id="", total=len(keys), pending=len(keys), running=0, completed=0, cached=0,
+            failed=0, interrupted=0, items=[],
+        )
+        bar = Progress(task.name, len(keys), enabled=progress)
         results: list[Any] = []
         failures: list[_sweep.Failure] = []
         try:
             for i, (args, kwargs) in enumerate(calls):
                 bar.update(counts)
+                counts.pending -= 1
                 try:
                     results.append(task(*args, **kwargs))
-                    if not before[i]:
+                    if before[i]:
+                        counts.cached += 1
+                    else:
                         counts.completed += 1
                 except Exception as e:  # noqa: BLE001 - recorded per item
                     failure = _sweep.failure_of(store, i, keys[i])
@@ -113,7 +117,7 @@ class Inline:
         finally:
             bar.close()
         if not wait:
-            return [settled_job(store, i, k, opts) for i, k in enumerate(keys)]
+            return [_sweep.Job(store, i, k, mmap=opts.get("mmap", True)) for i, k in enumerate(keys)]
         if failures and errors == "raise":
             raise _sweep.SweepError(_sweep.summarize(failures, len(keys)), failures, results)
         return results
@@ -126,70 +130,6 @@ def check(executor: Any) -> None:
             f"executor={executor!r} is not an executor: use runcache.Local(), runcache.Inline(), "
             "runcache.Manual(), runcache.Slurm(...) or a subclass of runcache.Executor"
         )
-
-
-@dataclasses.dataclass
-class _Counts:
-    total: int
-    cached: int = 0
-    completed: int = 0
-    failed: int = 0
-    running: int = 0
-    queued: int = 0
-
-    @property
-    def done(self) -> int:
-        return self.cached + self.completed + self.failed
-
-
-@dataclasses.dataclass
-class _Shown:
-    total: int
-    record: dict[str, Any]
-
-
-class DoneJob:
-    """A job whose item was already settled when it was asked for (no sweep was needed)."""
-
-    def __init__(self, store: Any, index: int, key: str, mmap: bool = True) -> None:
-        self.store = store
-        self.index = index
-        self.key = key
-        self.mmap = mmap
-
-    def __repr__(self) -> str:
-        return f"<runcache job {self.key[:12]} {self.status()}>"
-
-    def status(self) -> str:
-        info = self.store.manifest(self.key)
-        if info is None:
-            return "pending"
-        return "failed" if '"status":"failed"' in info else "completed"
-
-    def done(self) -> bool:
-        return True
-
-    def result(self, timeout: float | None = None) -> Any:
-        from runcache import _sweep
-
-        try:
-            return self.store.load(self.key, mmap=self.mmap)
-        except KeyError:
-            f = _sweep.failure_of(self.store, self.index, self.key)
-            raise _sweep.SweepError(_sweep.summarize([f], 1), [f], [f]) from None
-
-    def logs(self) -> str:
-        from runcache import _sweep
-
-        return _sweep.logs_of(self.store, self.key)
-
-    def cancel(self) -> None:
-        """Nothing to cancel."""
-
-
-def settled_job(store: Any, index: int, key: str, opts: dict[str, Any]) -> DoneJob:
-    """A :class:`DoneJob` for an item that needs no computing."""
-    return DoneJob(store, index, key, opts.get("mmap", True))
 
 
 class Local(Executor):

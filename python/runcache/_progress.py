@@ -22,18 +22,18 @@ class Progress:
     """Shows item counts (completed, cached, running, failed, queued) and an ETA; prints a
     summary line when closed. ``enabled=None`` shows it in terminals and notebooks only."""
 
-    def __init__(self, sweep: Any, enabled: bool | None = None, initial: Any = None) -> None:
-        self.sweep = sweep
+    def __init__(self, name: str, total: int, enabled: bool | None = None) -> None:
+        self.name = name
         self.enabled = _interactive() if enabled is None else enabled
         self.started = time.monotonic()
-        self.last: Any = initial
+        self.last: Any = None
         self.bar: Any = None
         if self.enabled:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(
-                total=sweep.total,
-                desc=sweep.record["namespace"].rsplit(".", 1)[-1],
+                total=total,
+                desc=name.rsplit(".", 1)[-1],
                 unit="item",
                 dynamic_ncols=True,
                 file=sys.stderr,
@@ -60,7 +60,7 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             if self.last is not None:
-                print(summary(self.sweep.record["namespace"], self.last,
+                print(summary(self.name, self.last,
                               time.monotonic() - self.started), file=sys.stderr)
 
 

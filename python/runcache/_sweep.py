@@ -291,7 +291,7 @@ class SweepHandle:
         from runcache._progress import Progress
 
         deadline = None if timeout is None else time.monotonic() + timeout
-        bar = Progress(self, enabled=progress, initial=None)
+        bar = Progress(self.record["namespace"], self.total, enabled=progress)
         watched = list(range(self.total)) if indices is None else sorted(set(indices))
         tracker = _Tracker(self)
         try:
@@ -354,7 +354,7 @@ class SweepHandle:
 
     def jobs(self) -> list["Job"]:
         """One :class:`Job` per item, in order."""
-        return [Job(self, i, k) for i, k in enumerate(self.keys)]
+        return [Job(self.store, i, k, self) for i, k in enumerate(self.keys)]
 
     def cancel(self) -> None:
         """Stops this sweep's workers (items they hold are recorded interrupted)."""
@@ -412,45 +412,60 @@ def summarize(failures: list[Failure], total: int) -> str:
 
 
 class Job:
-    """One item of a sweep: ``result(timeout)``, ``status()``, ``done()``, ``key``, ``logs()``,
-    ``cancel()``."""
+    """One item: ``result(timeout)``, ``status()``, ``done()``, ``key``, ``logs()``,
+    ``cancel()``. ``sweep`` is its :class:`SweepHandle`, or None when the item was already
+    settled at submission (nothing to wait for)."""
 
-    def __init__(self, sweep: SweepHandle, index: int, key: str) -> None:
-        self.sweep = sweep
+    def __init__(
+        self,
+        store: _core.Store,
+        index: int,
+        key: str,
+        sweep: SweepHandle | None = None,
+        mmap: bool = True,
+    ) -> None:
+        self.store = store
         self.index = index
         self.key = key
+        self.sweep = sweep
+        self.mmap = mmap
 
     def __repr__(self) -> str:
-        return f"<runcache job {self.sweep.id}[{self.index}] {self.status()}>"
+        where = f"{self.sweep.id}[{self.index}]" if self.sweep else self.key[:12]
+        return f"<runcache job {where} {self.status()}>"
 
     def status(self) -> str:
         """pending, running, completed, cached, failed or interrupted."""
-        return self.sweep.store.item_states(
-            [self.key], self.sweep.record["mode"], self.sweep.record["created_unix_ms"]
-        )[0]
+        if self.sweep is None:
+            mode, since = "cached", 0
+        else:
+            mode, since = self.sweep.record["mode"], self.sweep.record["created_unix_ms"]
+        return self.store.item_states([self.key], mode, since)[0]
 
     def done(self) -> bool:
         """True when the item is settled (completed, cached or failed)."""
-        return self.status() in ("completed", "cached", "failed")
+        return self.status() in _SETTLED
 
-    def result(self, timeout: float | None = None, mmap: bool = True) -> Any:
-        """Waits for the item and returns its result; re-raises its recorded failure."""
-        if not self.done():
+    def result(self, timeout: float | None = None) -> Any:
+        """Waits for the item and returns its result; raises :class:`SweepError` (with the
+        recorded failure) if it failed."""
+        if self.sweep is not None and not self.done():
             self.sweep.wait(timeout=timeout, progress=False, indices=[self.index])
         try:
-            return self.sweep.store.load(self.key, mmap=mmap)
+            return self.store.load(self.key, mmap=self.mmap)
         except KeyError:
-            f = failure_of(self.sweep.store, self.index, self.key)
+            f = failure_of(self.store, self.index, self.key)
             raise SweepError(summarize([f], 1), [f], [f]) from None
 
     def logs(self) -> str:
         """The item's captured stdout and stderr ('' if it printed nothing)."""
-        return logs_of(self.sweep.store, self.key)
+        return logs_of(self.store, self.key)
 
     def cancel(self) -> None:
         """Cancels the whole sweep's workers (items are claimed dynamically, so one item cannot
-        be withdrawn alone once workers run)."""
-        self.sweep.cancel()
+        be withdrawn alone once workers run); nothing to do for a settled item."""
+        if self.sweep is not None:
+            self.sweep.cancel()
 
 
 def logs_of(store: _core.Store, key: str) -> str:

@@ -388,7 +388,7 @@ class Task(Generic[R]):
             # Everything is settled already: no sweep is written, nothing starts.
             store = _config.open_store(opts)
             if not wait:
-                return [_executors.settled_job(store, i, k, opts) for i, k in enumerate(keys)]
+                return [_sweep.Job(store, i, k, mmap=opts.get("mmap", True)) for i, k in enumerate(keys)]
             return _sweep.collect(store, keys, errors, opts.get("mmap", True))
         if not wait:
             return handle.jobs()
@@ -407,7 +407,7 @@ class Task(Generic[R]):
         _executors.check(executor)
         handle, keys, _ = _sweep.submit(self, calls, executor, opts)
         if handle is None:
-            return _executors.settled_job(_config.open_store(opts), 0, keys[0], opts)
+            return _sweep.Job(_config.open_store(opts), 0, keys[0], mmap=opts.get("mmap", True))
         return handle.jobs()[0]
 
     # -- calling -------------------------------------------------------------------------

@@ -354,3 +354,28 @@ def test_a_wrong_executor_is_refused_by_name(store, trace):
         square.map([{"x": 1, "trace": trace}], executor="local")
     with pytest.raises(TypeError, match="abstract"):
         rc.Executor()
+
+
+def test_progress_ends_with_a_summary_of_what_was_computed_and_loaded(store, trace, capsys):
+    square.map([{"x": 1, "trace": trace}], executor=rc.Inline())
+    items = [{"x": i, "trace": trace} for i in range(3)]
+    square.map(items, executor=rc.Inline(), progress=True)
+    err = capsys.readouterr().err
+    assert "computed 2, loaded 1 from cache, failed 0" in err
+    assert "completed" in err and "queued" in err  # the live counts
+    more = [{"x": i, "trace": trace} for i in range(5)]
+    square.map(more, executor=rc.Local(workers=2), progress=True)
+    err = capsys.readouterr().err
+    assert "computed 2, loaded 3 from cache, failed 0" in err
+
+
+def test_capacity_is_shared_by_the_sweeps_of_one_executor(store, trace):
+    executor = rc.Local(workers=4, resources={"ram": 4})
+    first = hungry.map([{"x": i, "trace": trace} for i in range(6)], executor=executor, wait=False)
+    second = hungry.map([{"x": i, "trace": trace} for i in range(6, 12)], executor=executor,
+                        wait=False)
+    assert [j.result(timeout=120) for j in first + second] == list(range(12))
+    with open(os.path.join(trace, "concurrency")) as f:
+        seen = [int(line) for line in f]
+    assert len(seen) == 12
+    assert max(seen) <= 2  # 4 // 2 items at once over both sweeps

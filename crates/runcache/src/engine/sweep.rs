@@ -242,7 +242,7 @@ impl Store {
             ..Default::default()
         };
         for (index, key) in keys.into_iter().enumerate() {
-            let item = self.item_status(index as u64, key, mode, record)?;
+            let item = self.item_status(index as u64, key, mode, record.created_unix_ms)?;
             let counter = match item.state {
                 ItemState::Pending => &mut status.pending,
                 ItemState::Running => &mut status.running,
@@ -271,22 +271,7 @@ impl Store {
     /// The state of one item (the entry of `key`, in a sweep submitted at `since_unix_ms` in
     /// `mode`), including whether a live worker holds it.
     pub fn item_state(&self, key: &Key, mode: Mode, since_unix_ms: u64) -> Result<ItemState> {
-        let record = SweepRecord {
-            format: SWEEP_FORMAT,
-            id: String::new(),
-            created_unix_ms: since_unix_ms,
-            namespace: String::new(),
-            version: String::new(),
-            mode: mode.as_str().into(),
-            count: 1,
-            keys: *key.digest(),
-            payload: None,
-            blobs: Vec::new(),
-            runner: serde_json::Value::Null,
-            resources: BTreeMap::new(),
-            executor: serde_json::Value::Null,
-        };
-        Ok(self.item_status(0, *key, mode, &record)?.state)
+        Ok(self.item_status(0, *key, mode, since_unix_ms)?.state)
     }
 
     fn item_status(
@@ -294,7 +279,7 @@ impl Store {
         index: u64,
         key: Key,
         mode: Mode,
-        record: &SweepRecord,
+        since_unix_ms: u64,
     ) -> Result<ItemStatus> {
         let mut item = ItemStatus {
             index,
@@ -322,11 +307,9 @@ impl Store {
                     Some(p) => p.display().to_string(),
                     None => format!("runcache logs {}", key.to_hex()),
                 });
-            if settles_item(mode, record.created_unix_ms, m) {
+            if settles_item(mode, since_unix_ms, m) {
                 item.state = match m.status {
-                    Status::Completed if m.created_unix_ms < record.created_unix_ms => {
-                        ItemState::Cached
-                    }
+                    Status::Completed if m.created_unix_ms < since_unix_ms => ItemState::Cached,
                     Status::Completed => ItemState::Completed,
                     _ => ItemState::Failed,
                 };
@@ -346,7 +329,8 @@ impl Store {
         } else {
             ItemState::Pending
         };
-        if item.state != ItemState::Failed && item.state != ItemState::Interrupted {
+        if item.state != ItemState::Interrupted {
+            // An older failure that this sweep redoes is not this item's error.
             item.error = None;
         }
         Ok(item)
