@@ -98,9 +98,9 @@ class Store:
         ``computed:<status>``."""
 
     def put_value(self, value: Any) -> str:
-        """Stores an object outside any entry; returns its description (JSON)."""
+        """Stores an object outside any entry; returns its blobs as JSON ``[[digest, size], ...]``."""
 
-    def get_value(self, description: str) -> Any:
+    def get_value(self, blobs: str) -> Any:
         """Loads an object stored by ``put_value``."""
 
     def statuses(self, keys: list[str], mode: str, since_unix_ms: int) -> list[bool]:

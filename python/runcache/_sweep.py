@@ -510,7 +510,6 @@ def submit(
     if queued == 0:
         return None, keys, 0
     runner = task._runner()
-    payload = json.loads(store.put_value(calls))
     record = {
         "format": 1,
         "id": _new_id(task.name),
@@ -520,9 +519,8 @@ def submit(
         "mode": mode,
         "count": len(keys),
         "keys": store.save_sweep_keys(keys),
-        "payload": payload["pickle"][0],
-        "blobs": [b[0] for b in payload["buffers"]],
-        "runner": {**runner, "payload": payload},
+        "payload": json.loads(store.put_value(calls)),
+        "runner": runner,
         "resources": dict(task.resources),
         "executor": {"kind": type(executor).__name__},
     }

@@ -177,7 +177,7 @@ def run(argv: list[str]) -> int:
             "run the worker with the submitter's code (same files, same PYTHONPATH)"
         )
         return 2
-    calls = store.get_value(json.dumps(runner["payload"]))
+    calls = store.get_value(json.dumps(record["payload"]))
     keys = store.sweep_keys(args.sweep)
     n = len(keys)
     start = args.worker_index

@@ -8,8 +8,8 @@ use std::borrow::Cow;
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
-use runcache::manifest::Manifest;
-use runcache::{Error, Result, Store, ValueCodec};
+use runcache::manifest::{BlobRef, Manifest};
+use runcache::{Error, Key, Result, Store, ValueCodec};
 
 use crate::blob::Blob;
 
@@ -86,25 +86,34 @@ impl ValueCodec<Outcome> for PickleCodec {
 
     fn decode(&self, store: &Store, manifest: &Manifest) -> Result<Outcome> {
         let stream = store.read_role(manifest, "pickle", ENCODING, "Python object")?;
-        let threshold = if self.mmap { MAP_THRESHOLD } else { u64::MAX };
-        let mut blobs = Vec::new();
-        for i in 0.. {
-            let Some(b) = manifest.blob(&format!("buffer:{i}")) else {
-                break;
-            };
-            blobs.push(Blob::new(
-                store.load_blob(&manifest.key, b, threshold)?,
-                b.digest,
-            ));
-        }
-        Python::attach(|py| unpickle(py, &stream, blobs))
-            .map(|value| Outcome { value, parts: None })
-            .map_err(|e| Error::Decode {
-                key: manifest.key.to_hex(),
-                type_name: "Python object",
-                message: Python::attach(|py| e.value(py).to_string()),
-            })
+        let buffers: Vec<&BlobRef> = (0..)
+            .map_while(|i| manifest.blob(&format!("buffer:{i}")))
+            .collect();
+        load_pickled(store, &manifest.key, stream, &buffers, self.mmap)
     }
+}
+
+/// Rebuilds a pickled object from its verified stream and its buffers (mapped read-only when
+/// `mmap`, else read). `key` names the entry in errors.
+pub fn load_pickled(
+    store: &Store,
+    key: &Key,
+    stream: Vec<u8>,
+    buffers: &[&BlobRef],
+    mmap: bool,
+) -> Result<Outcome> {
+    let threshold = if mmap { MAP_THRESHOLD } else { u64::MAX };
+    let mut blobs = Vec::with_capacity(buffers.len());
+    for b in buffers {
+        blobs.push(Blob::new(store.load_blob(key, b, threshold)?, b.digest));
+    }
+    Python::attach(|py| unpickle(py, &stream, blobs))
+        .map(|value| Outcome { value, parts: None })
+        .map_err(|e| Error::Decode {
+            key: key.to_hex(),
+            type_name: "Python object",
+            message: Python::attach(|py| e.value(py).to_string()),
+        })
 }
 
 fn unpickle(py: Python<'_>, stream: &[u8], blobs: Vec<Blob>) -> PyResult<Py<PyAny>> {

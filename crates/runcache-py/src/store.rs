@@ -12,7 +12,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use runcache::lease::LeaseOptions;
-use runcache::manifest::{Manifest, Status};
+use runcache::manifest::{BlobRef, Manifest, Status};
 use runcache::{Claim, Failure, GcOptions, Key, Mode, StoreOptions, SweepRecord};
 
 use crate::codec::{Outcome, PickleCodec, Pickled};
@@ -263,7 +263,8 @@ impl Store {
     }
 
     /// Stores a Python object outside any entry (pickle protocol 5; large buffers as their own
-    /// blobs) and returns its description as JSON text, for `get_value`.
+    /// blobs) and returns its blobs as JSON text, `[[digest, size], ...]` (the stream first),
+    /// for `get_value`.
     fn put_value(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<String> {
         let parts = Pickled::of(py, value)?;
         let backend = self.inner.backend().clone();
@@ -281,61 +282,42 @@ impl Store {
                     let digest = backend.put_blob_hashing(data)?;
                     Ok(serde_json::json!([digest.to_hex(), data.len()]))
                 };
-                let mut out = Vec::with_capacity(buffers.len());
+                let mut out = Vec::with_capacity(1 + buffers.len());
+                out.push(put(stream)?);
                 for b in &buffers {
                     out.push(put(b)?);
                 }
-                Ok(serde_json::json!({"pickle": put(stream)?, "buffers": out}))
+                Ok(serde_json::Value::Array(out))
             })
             .map_err(to_py)?;
         Ok(described.to_string())
     }
 
     /// Loads an object stored by `put_value` (verified; large buffers mapped read-only).
-    fn get_value(&self, py: Python<'_>, description: &str) -> PyResult<Py<PyAny>> {
-        let bad =
-            |e: serde_json::Error| PyRuntimeError::new_err(format!("bad value description: {e}"));
-        let d: serde_json::Value = serde_json::from_str(description).map_err(bad)?;
-        type Part = (runcache::Digest, u64);
-        let pickle: Part = serde_json::from_value(d["pickle"].clone()).map_err(bad)?;
-        let buffers: Vec<Part> = serde_json::from_value(d["buffers"].clone()).map_err(bad)?;
-        let mut blobs = vec![("pickle".to_string(), pickle)];
-        blobs.extend(
-            buffers
-                .into_iter()
-                .enumerate()
-                .map(|(i, b)| (format!("buffer:{i}"), b)),
-        );
-        let manifest = Manifest {
-            format: runcache::manifest::MANIFEST_FORMAT,
-            key: Key(pickle.0),
-            namespace: "(stored value)".into(),
-            version: String::new(),
-            key_doc: serde_json::Value::Null,
-            status: Status::Completed,
-            artifacts: Vec::new(),
-            dependencies: Vec::new(),
-            error: None,
-            created_unix_ms: 0,
-            duration_s: 0.0,
-            host: String::new(),
-            pid: 0,
-            encoding: crate::codec::ENCODING.into(),
-            metadata: Default::default(),
-            signature: None,
-            blobs: blobs
-                .into_iter()
-                .map(|(role, (digest, size))| runcache::manifest::BlobRef {
-                    role,
-                    digest,
-                    size,
-                    inline: None,
-                })
-                .collect(),
+    fn get_value(&self, py: Python<'_>, blobs: &str) -> PyResult<Py<PyAny>> {
+        let parts: Vec<(runcache::Digest, u64)> = serde_json::from_str(blobs)
+            .map_err(|e| PyRuntimeError::new_err(format!("bad value description: {e}")))?;
+        let Some(first) = parts.first() else {
+            return Err(PyRuntimeError::new_err("bad value description: no blobs"));
         };
-        let codec = PickleCodec { mmap: true };
+        let as_ref = |(i, (digest, size)): (usize, &(runcache::Digest, u64))| BlobRef {
+            role: if i == 0 {
+                "pickle".into()
+            } else {
+                format!("buffer:{}", i - 1)
+            },
+            digest: *digest,
+            size: *size,
+            inline: None,
+        };
+        let refs: Vec<BlobRef> = parts.iter().enumerate().map(as_ref).collect();
+        let key = Key(first.0);
         let outcome = py
-            .detach(|| runcache::ValueCodec::decode(&codec, &self.inner, &manifest))
+            .detach(|| {
+                let stream = self.inner.read_blob(&key, &refs[0])?;
+                let buffers: Vec<&BlobRef> = refs[1..].iter().collect();
+                crate::codec::load_pickled(&self.inner, &key, stream, &buffers, true)
+            })
             .map_err(to_py)?;
         Ok(outcome.value)
     }

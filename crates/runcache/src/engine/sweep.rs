@@ -44,12 +44,10 @@ pub struct SweepRecord {
     pub count: u64,
     /// Blob of the item keys, 32 bytes each, in item order.
     pub keys: Digest,
-    /// Runner-specific blob describing how to compute each item.
+    /// The runner's description of each item's call, as blobs (digest, size) in the runner's
+    /// order (for Python: the pickle stream, then its out-of-band buffers).
     #[serde(default)]
-    pub payload: Option<Digest>,
-    /// Further blobs the payload refers to (kept by gc while the sweep exists).
-    #[serde(default)]
-    pub blobs: Vec<Digest>,
+    pub payload: Vec<(Digest, u64)>,
     /// How workers run items (for Python: interpreter, `sys.path`, callable).
     #[serde(default)]
     pub runner: serde_json::Value,
@@ -69,9 +67,7 @@ impl SweepRecord {
 
     /// Every blob the sweep needs (gc keeps them while the record exists).
     pub fn referenced_blobs(&self) -> impl Iterator<Item = &Digest> {
-        std::iter::once(&self.keys)
-            .chain(self.payload.iter())
-            .chain(self.blobs.iter())
+        std::iter::once(&self.keys).chain(self.payload.iter().map(|(digest, _)| digest))
     }
 }
 

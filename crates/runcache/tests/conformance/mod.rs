@@ -752,6 +752,8 @@ pub fn sweep_items_are_claimed_and_reported(store: Store) {
     task.get_or_compute(&3u32, || Ok::<_, String>(30u32))
         .unwrap();
     std::thread::sleep(Duration::from_millis(5));
+    let payload = b"how to compute each item".to_vec();
+    let payload_digest = store.backend().put_blob_hashing(&payload).unwrap();
     let record = SweepRecord {
         format: SWEEP_FORMAT,
         id: "conf-sweep-1".into(),
@@ -761,8 +763,7 @@ pub fn sweep_items_are_claimed_and_reported(store: Store) {
         mode: "cached".into(),
         count: keys.len() as u64,
         keys: store.save_sweep_keys(&keys).unwrap(),
-        payload: None,
-        blobs: Vec::new(),
+        payload: vec![(payload_digest, payload.len() as u64)],
         runner: serde_json::json!({"kind": "test"}),
         resources: Default::default(),
         executor: serde_json::Value::Null,
@@ -866,12 +867,16 @@ pub fn sweep_items_are_claimed_and_reported(store: Store) {
             .unwrap(),
         Claim::Computed(Status::Completed)
     );
-    // gc keeps the sweep's key list while the record exists; the record can be deleted.
+    // gc keeps the sweep's key list and payload while the record exists; the record can be
+    // deleted, and then they go.
     store.remove_unreferenced_blobs(Duration::ZERO).unwrap();
     assert_eq!(store.sweep_keys(&record).unwrap(), keys);
+    assert!(store.backend().has_blob(&payload_digest).unwrap());
     assert_eq!(store.sweeps().unwrap().len(), 1);
     assert!(store.delete_sweep("conf-sweep-1").unwrap());
     assert!(store.sweeps().unwrap().is_empty());
+    store.remove_unreferenced_blobs(Duration::ZERO).unwrap();
+    assert!(!store.backend().has_blob(&payload_digest).unwrap());
     // Workers never run in modes that do not write.
     let ro = task.clone().mode(Mode::ReadOnly);
     assert!(ro
