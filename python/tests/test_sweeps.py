@@ -202,6 +202,11 @@ def test_sigterm_of_a_worker_records_interrupted_and_the_sweep_completes(store, 
     # The executor sees its only worker gone with items left and starts workers again.
     assert jobs[0].sweep.results(timeout=120) == [1000, 1001, 1002]
     assert victim not in {pid for x, pid in computed(trace) if x == 0}
+    # The worker said why it stopped, and exited cleanly (status 0: not reported as a problem).
+    log_dir = jobs[0].sweep.executor_info["log_dir"]
+    said = "".join(open(os.path.join(log_dir, n)).read() for n in os.listdir(log_dir))
+    assert "SIGTERM: the running item was recorded interrupted and released" in said
+    assert not jobs[0].sweep.executor.poll(jobs[0].sweep).problems
 
 
 def test_resource_capacity_is_never_exceeded(store, trace):
