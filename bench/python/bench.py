@@ -452,7 +452,7 @@ def bench_sweeps(tmp: str, cached_n: int, tp_n: int, reps: int) -> None:
     store = _config.open_store(task._effective())
     calls = [((), it) for it in items]
     t_keys, keys = timed(lambda: [task._key_of(a, k) for a, k in calls])
-    t_status, _ = timed(store.statuses, keys, "cached", int(time.time() * 1000))
+    t_status, _ = timed(store.statuses, keys, "cached", "", int(time.time() * 1000))
     t_load, _ = timed(lambda: [store.load(k) for k in keys])
     print(f"  runcache cached sweep, piece by piece: keys {fmt(t_keys)}, store.statuses "
           f"{fmt(t_status)}, loads {fmt(t_load)} ({fmt(t_load / cached_n)} per item)")

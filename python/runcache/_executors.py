@@ -82,7 +82,7 @@ class Inline:
         mode = opts.get("mode", "cached")
         # What is already settled is loaded, not computed (force and off settle nothing).
         before = (
-            store.statuses(keys, mode, int(time.time() * 1000))
+            store.statuses(keys, mode, "", int(time.time() * 1000))
             if mode in ("cached", "retry", "read-only")
             else [False] * len(keys)
         )

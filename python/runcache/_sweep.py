@@ -151,7 +151,7 @@ class _Tracker:
         keys = self.sweep.keys
         if self.open:
             fresh = self.sweep.store.item_states(
-                [keys[i] for i in self.open], rec["mode"], rec["created_unix_ms"]
+                [keys[i] for i in self.open], rec["mode"], rec["id"], rec["created_unix_ms"]
             )
             for i, state in zip(self.open, fresh):
                 self.states[i] = state
@@ -436,11 +436,12 @@ class Job:
 
     def status(self) -> str:
         """pending, running, completed, cached, failed or interrupted."""
-        if self.sweep is None:
-            mode, since = "cached", 0
+        if self.sweep is None:  # settled before any sweep: whatever is stored is cached
+            mode, sweep_id, since = "cached", "", 0
         else:
-            mode, since = self.sweep.record["mode"], self.sweep.record["created_unix_ms"]
-        return self.store.item_states([self.key], mode, since)[0]
+            rec = self.sweep.record
+            mode, sweep_id, since = rec["mode"], rec["id"], rec["created_unix_ms"]
+        return self.store.item_states([self.key], mode, sweep_id, since)[0]
 
     def done(self) -> bool:
         """True when the item is settled (completed, cached or failed)."""
@@ -504,15 +505,18 @@ def submit(
     store = _config.open_store(opts)
     keys = [task._key_of(args, kwargs) for args, kwargs in calls]
     now_ms = int(time.time() * 1000)
+    sweep_id = _new_id(task.name)
     # Settled at submit time (force: nothing is).
-    states = store.statuses(keys, mode, now_ms) if mode != "force" else [False] * len(keys)
+    states = (
+        store.statuses(keys, mode, sweep_id, now_ms) if mode != "force" else [False] * len(keys)
+    )
     queued = states.count(False)
     if queued == 0:
         return None, keys, 0
     runner = task._runner()
     record = {
         "format": 1,
-        "id": _new_id(task.name),
+        "id": sweep_id,
         "created_unix_ms": now_ms,
         "namespace": task.name,
         "version": task._key_version,

@@ -253,7 +253,6 @@ class Task(Generic[R]):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         capture: Callable[[], Any] | None = None,
-        sweep: str | None = None,
     ) -> Callable[[], tuple[Any, list[tuple[str, str]], str]]:
         """The computation the engine runs on a miss: the function inside an artifact scope,
         returning (value, artifacts, metadata JSON). With ``capture``, the function's output
@@ -278,8 +277,6 @@ class Task(Generic[R]):
             if source_hash:
                 metadata["source_hash"] = source_hash
             metadata["function"] = f"{fn.__module__}.{fn.__qualname__}"
-            if sweep is not None:
-                metadata["sweep"] = sweep
             return value, scope.artifacts, json.dumps(metadata, default=str)
 
         return compute
@@ -341,12 +338,13 @@ class Task(Generic[R]):
         def doc() -> str:
             return _core.key_document(self.name, self._key_version, bound)
 
-        compute = self._compute(store, args, kwargs, capture=capture, sweep=record["id"])
+        compute = self._compute(store, args, kwargs, capture=capture)
         return store.claim(
             self.name,
             self._key_version,
             record["mode"],
             key,
+            record["id"],
             record["created_unix_ms"],
             doc,
             compute,

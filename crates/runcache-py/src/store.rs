@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use runcache::lease::LeaseOptions;
 use runcache::manifest::{BlobRef, Manifest, Status};
-use runcache::{Claim, Failure, GcOptions, Key, Mode, StoreOptions, SweepRecord};
+use runcache::{Claim, Failure, GcOptions, Key, Mode, StoreOptions, SweepRecord, SweepRef};
 
 use crate::codec::{Outcome, PickleCodec, Pickled};
 use crate::errors::to_py;
@@ -205,8 +205,9 @@ impl Store {
     /// the item unless its entry already settles it or another live process holds it. Returns
     /// `"done:<status>"`, `"busy"` or `"computed:<status>"`. A failure of the computation is
     /// recorded, not raised, except an interruption (KeyboardInterrupt, `interrupt_types`),
-    /// which is recorded and then re-raised. `log_path` is the item's captured output.
-    #[pyo3(signature = (namespace, version, mode, key, since_unix_ms, doc, compute, log_path=None, interrupt_types=None))]
+    /// which is recorded and then re-raised. The sweep is `sweep_id`, submitted at
+    /// `since_unix_ms`; `log_path` is the item's captured output.
+    #[pyo3(signature = (namespace, version, mode, key, sweep_id, since_unix_ms, doc, compute, log_path=None, interrupt_types=None))]
     #[allow(clippy::too_many_arguments)]
     fn claim(
         &self,
@@ -215,6 +216,7 @@ impl Store {
         version: &str,
         mode: &str,
         key: &str,
+        sweep_id: String,
         since_unix_ms: u64,
         doc: Py<PyAny>,
         compute: Py<PyAny>,
@@ -229,27 +231,24 @@ impl Store {
             .version(version)
             .mode(mode)
             .validator(Arc::new(stale_dependency));
+        let sweep = SweepRef {
+            id: sweep_id,
+            submitted_unix_ms: since_unix_ms,
+        };
         let stash: Mutex<Option<(PyErr, bool)>> = Mutex::new(None);
         let doc_fn = || json_doc(&doc);
         let codec = PickleCodec { mmap: true };
         let claim = py
             .detach(|| {
-                task.claim_keyed(
-                    key,
-                    since_unix_ms,
-                    &doc_fn,
-                    &codec,
-                    log_path.as_deref(),
-                    |ctx| {
-                        Python::attach(|py| {
-                            run_compute(py, &compute, ctx).map_err(|err| {
-                                let failure = describe(py, &err, interrupt_types.as_ref());
-                                *stash.lock().unwrap() = Some((err, failure.interrupted));
-                                failure
-                            })
+                task.claim_keyed(key, &sweep, &doc_fn, &codec, log_path.as_deref(), |ctx| {
+                    Python::attach(|py| {
+                        run_compute(py, &compute, ctx).map_err(|err| {
+                            let failure = describe(py, &err, interrupt_types.as_ref());
+                            *stash.lock().unwrap() = Some((err, failure.interrupted));
+                            failure
                         })
-                    },
-                )
+                    })
+                })
             })
             .map_err(to_py)?;
         if let Some((err, true)) = stash.into_inner().unwrap() {
@@ -322,40 +321,50 @@ impl Store {
         Ok(outcome.value)
     }
 
-    /// For each key: whether its entry settles an item of a sweep submitted at `since_unix_ms`
-    /// in `mode` (completed or failed, with retry/force redoing older entries).
+    /// For each key: whether its entry settles an item of sweep `sweep_id`, submitted at
+    /// `since_unix_ms`, in `mode` (completed or failed, with retry/force redoing older entries).
     fn statuses(
         &self,
         py: Python<'_>,
         keys: Vec<String>,
         mode: &str,
+        sweep_id: String,
         since_unix_ms: u64,
     ) -> PyResult<Vec<bool>> {
         let mode: Mode = mode.parse().map_err(to_py)?;
         let keys = parse_keys(&keys)?;
+        let sweep = SweepRef {
+            id: sweep_id,
+            submitted_unix_ms: since_unix_ms,
+        };
         py.detach(|| {
             keys.iter()
-                .map(|k| self.inner.settles(k, mode, since_unix_ms))
+                .map(|k| self.inner.settles(k, mode, &sweep))
                 .collect::<runcache::Result<Vec<bool>>>()
         })
         .map_err(to_py)
     }
 
-    /// The state of each sweep item (`keys`, of a sweep submitted at `since_unix_ms` in `mode`):
-    /// pending, running, completed, cached, failed or interrupted.
+    /// The state of each item (`keys`) of sweep `sweep_id`, submitted at `since_unix_ms`, in
+    /// `mode`: pending, running, completed, cached, failed or interrupted.
     fn item_states(
         &self,
         py: Python<'_>,
         keys: Vec<String>,
         mode: &str,
+        sweep_id: String,
         since_unix_ms: u64,
     ) -> PyResult<Vec<String>> {
         let mode: Mode = mode.parse().map_err(to_py)?;
         let keys = parse_keys(&keys)?;
+        let sweep = SweepRef {
+            id: sweep_id,
+            submitted_unix_ms: since_unix_ms,
+        };
         let states = py
             .detach(|| {
                 keys.iter()
-                    .map(|k| self.inner.item_state(k, mode, since_unix_ms))
+                    .map(|k| self.inner.item_state(k, mode, &sweep))
                     .collect::<runcache::Result<Vec<_>>>()
             })
             .map_err(to_py)?;

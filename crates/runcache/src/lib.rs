@@ -29,8 +29,8 @@ pub use digest::Digest;
 pub use engine::{
     settles_item, BlobData, Claim, Context, Entry, EntryInfo, Failure, GcOptions, GcReport,
     ItemState, ItemStatus, MapOptions, Mode, NamespaceUsage, Progress, Store, StoreOptions,
-    SweepRecord, SweepStatus, Task, Usage, Validator, ValueCodec, VerifyProblem, VerifyReport,
-    LOG_ARTIFACT, SWEEP_FORMAT,
+    SweepRecord, SweepRef, SweepStatus, Task, Usage, Validator, ValueCodec, VerifyProblem,
+    VerifyReport, LOG_ARTIFACT, SWEEP_FORMAT,
 };
 pub use error::{Error, Result};
 pub use key::Key;

@@ -140,6 +140,9 @@ pub struct Manifest {
     /// Free-form user metadata.
     #[serde(default)]
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// The sweep whose worker computed it (absent for ordinary calls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<String>,
     /// The entry's signature (`v1.<key id>.<mac>`) when it was written with a signing key; see
     /// [`crate::signing`]. Always the last member of the stored JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -256,6 +259,7 @@ mod tests {
             pid: 1,
             encoding: "raw".into(),
             metadata: BTreeMap::new(),
+            sweep: None,
             signature: None,
         }
     }

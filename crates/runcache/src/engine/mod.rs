@@ -19,5 +19,7 @@ pub use maintenance::{
 pub use map::MapOptions;
 pub use mapped::BlobData;
 pub use store::{EntryInfo, Store, StoreOptions};
-pub use sweep::{ItemState, ItemStatus, SweepRecord, SweepStatus, SWEEP_FORMAT};
-pub use task::{settles_item, Claim, Failure, Mode, Task, Validator, ValueCodec, LOG_ARTIFACT};
+pub use sweep::{
+    settles_item, ItemState, ItemStatus, SweepRecord, SweepRef, SweepStatus, SWEEP_FORMAT,
+};
+pub use task::{Claim, Failure, Mode, Task, Validator, ValueCodec, LOG_ARTIFACT};

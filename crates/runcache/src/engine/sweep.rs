@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::store::{Lookup, Store};
-use super::task::{settles_item, Mode, LOG_ARTIFACT};
+use super::task::{Mode, LOG_ARTIFACT};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::manifest::{BlobRef, Status};
+use crate::manifest::{BlobRef, Manifest, Status};
 
 /// Format of the sweep record written by this engine.
 pub const SWEEP_FORMAT: u32 = 1;
@@ -31,8 +31,7 @@ pub struct SweepRecord {
     pub format: u32,
     /// The sweep's id (letters, digits, `-`, `_`, `.`).
     pub id: String,
-    /// When it was submitted (unix ms); in `retry`/`force` mode, entries recorded before this
-    /// are recomputed.
+    /// When it was submitted (unix ms, the submitter's clock); see [`settles_item`].
     pub created_unix_ms: u64,
     /// Task namespace of every item.
     pub namespace: String,
@@ -65,9 +64,43 @@ impl SweepRecord {
         self.mode.parse()
     }
 
+    /// Which sweep this is, for [`settles_item`].
+    pub fn sweep_ref(&self) -> SweepRef {
+        SweepRef {
+            id: self.id.clone(),
+            submitted_unix_ms: self.created_unix_ms,
+        }
+    }
+
     /// Every blob the sweep needs (gc keeps them while the record exists).
     pub fn referenced_blobs(&self) -> impl Iterator<Item = &Digest> {
         std::iter::once(&self.keys).chain(self.payload.iter().map(|(digest, _)| digest))
+    }
+}
+
+/// A sweep as its items' entries see it: the entries its workers compute carry its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SweepRef {
+    /// The sweep's id.
+    pub id: String,
+    /// When it was submitted (unix ms, the submitter's clock).
+    pub submitted_unix_ms: u64,
+}
+
+/// Whether a stored entry settles an item of `sweep` in `mode`. Completed and failed entries
+/// are final, except that `retry` redoes failures and `force` redoes everything that is not
+/// *fresh*: computed by the sweep's own workers (told by the id they record, so clock skew
+/// between machines cannot make a sweep redo its own work), or recorded by anyone strictly
+/// after the submission. Interrupted entries never settle an item.
+pub fn settles_item(mode: Mode, sweep: &SweepRef, manifest: &Manifest) -> bool {
+    let fresh = manifest.sweep.as_deref() == Some(sweep.id.as_str())
+        || manifest.created_unix_ms > sweep.submitted_unix_ms;
+    match (manifest.status, mode) {
+        (Status::Interrupted, _) => false,
+        (_, Mode::Force) => fresh,
+        (Status::Completed, _) => true,
+        (Status::Failed, Mode::Retry) => fresh,
+        (Status::Failed, _) => true,
     }
 }
 
@@ -79,9 +112,10 @@ pub enum ItemState {
     Pending,
     /// A live worker holds its lease.
     Running,
-    /// Computed by this sweep.
+    /// Computed by this sweep's workers.
     Completed,
-    /// Completed before the sweep was submitted (loaded from the cache).
+    /// Completed by anyone else: before the submission, or by another sweep or call (loaded
+    /// from the cache).
     Cached,
     /// Its computation failed (recorded).
     Failed,
@@ -122,9 +156,9 @@ pub struct SweepStatus {
     pub pending: u64,
     /// Held by a live worker.
     pub running: u64,
-    /// Computed by this sweep.
+    /// Computed by this sweep's workers.
     pub completed: u64,
-    /// Loaded from entries that existed before the sweep.
+    /// Loaded from entries this sweep did not compute.
     pub cached: u64,
     /// Failed.
     pub failed: u64,
@@ -230,6 +264,7 @@ impl Store {
     /// `items` lists every item; otherwise only the failed and interrupted ones.
     pub fn sweep_status(&self, record: &SweepRecord, all_items: bool) -> Result<SweepStatus> {
         let mode = record.mode()?;
+        let sweep = record.sweep_ref();
         let keys = self.sweep_keys(record)?;
         let mut status = SweepStatus {
             id: record.id.clone(),
@@ -238,7 +273,7 @@ impl Store {
             ..Default::default()
         };
         for (index, key) in keys.into_iter().enumerate() {
-            let item = self.item_status(index as u64, key, mode, record.created_unix_ms)?;
+            let item = self.item_status(index as u64, key, mode, &sweep)?;
             let counter = match item.state {
                 ItemState::Pending => &mut status.pending,
                 ItemState::Running => &mut status.running,
@@ -255,19 +290,18 @@ impl Store {
         Ok(status)
     }
 
-    /// Whether the entry of `key` settles an item of a sweep submitted at `since_unix_ms` in
-    /// `mode` (see [`settles_item`]).
-    pub fn settles(&self, key: &Key, mode: Mode, since_unix_ms: u64) -> Result<bool> {
+    /// Whether the entry of `key` settles an item of `sweep` in `mode` (see [`settles_item`]).
+    pub fn settles(&self, key: &Key, mode: Mode, sweep: &SweepRef) -> Result<bool> {
         Ok(match self.lookup(key)? {
-            Lookup::Found(m) => settles_item(mode, since_unix_ms, &m),
+            Lookup::Found(m) => settles_item(mode, sweep, &m),
             _ => false,
         })
     }
 
-    /// The state of one item (the entry of `key`, in a sweep submitted at `since_unix_ms` in
-    /// `mode`), including whether a live worker holds it.
-    pub fn item_state(&self, key: &Key, mode: Mode, since_unix_ms: u64) -> Result<ItemState> {
-        Ok(self.item_status(0, *key, mode, since_unix_ms)?.state)
+    /// The state of one item of `sweep` in `mode` (from the entry of `key`), including whether
+    /// a live worker holds it.
+    pub fn item_state(&self, key: &Key, mode: Mode, sweep: &SweepRef) -> Result<ItemState> {
+        Ok(self.item_status(0, *key, mode, sweep)?.state)
     }
 
     fn item_status(
@@ -275,7 +309,7 @@ impl Store {
         index: u64,
         key: Key,
         mode: Mode,
-        since_unix_ms: u64,
+        sweep: &SweepRef,
     ) -> Result<ItemStatus> {
         let mut item = ItemStatus {
             index,
@@ -303,10 +337,12 @@ impl Store {
                     Some(p) => p.display().to_string(),
                     None => format!("runcache logs {}", key.to_hex()),
                 });
-            if settles_item(mode, since_unix_ms, m) {
+            if settles_item(mode, sweep, m) {
                 item.state = match m.status {
-                    Status::Completed if m.created_unix_ms < since_unix_ms => ItemState::Cached,
-                    Status::Completed => ItemState::Completed,
+                    Status::Completed if m.sweep.as_deref() == Some(sweep.id.as_str()) => {
+                        ItemState::Completed
+                    }
+                    Status::Completed => ItemState::Cached,
                     _ => ItemState::Failed,
                 };
                 return Ok(item);

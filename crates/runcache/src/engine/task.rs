@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::context::{self, Context};
 use super::entry::Entry;
 use super::store::{unix_ms, Lookup, Store};
+use super::sweep::{settles_item, SweepRef};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::key::{compute_key, key_document, Key};
@@ -185,18 +186,10 @@ pub enum Claim {
     Computed(Status),
 }
 
-/// Whether a stored entry settles a sweep item submitted at `since_unix_ms` in `mode`:
-/// completed and failed entries are final, except that `retry` redoes failures and `force`
-/// redoes everything recorded before the sweep was submitted. Interrupted entries never are.
-pub fn settles_item(mode: Mode, since_unix_ms: u64, manifest: &Manifest) -> bool {
-    let fresh = manifest.created_unix_ms >= since_unix_ms;
-    match (manifest.status, mode) {
-        (Status::Interrupted, _) => false,
-        (_, Mode::Force) => fresh,
-        (Status::Completed, _) => true,
-        (Status::Failed, Mode::Retry) => fresh,
-        (Status::Failed, _) => true,
-    }
+/// The sweep item a worker computes: which sweep, and the file its output was captured to.
+struct SweepItem<'a> {
+    sweep: &'a SweepRef,
+    log: Option<&'a Path>,
 }
 
 /// What the store says about a key, given the mode.
@@ -411,14 +404,14 @@ impl Task {
     }
 
     /// A worker's attempt at one sweep item: if the entry does not yet settle the item (see
-    /// [`settles_item`]; `since_unix_ms` is when the sweep was submitted) and nobody holds its
-    /// lease, computes it with `f` and commits the outcome, with the file at `log` (the item's
-    /// captured output, if any) stored as the artifact [`LOG_ARTIFACT`]. Never waits and never
-    /// loads a stored value.
+    /// [`settles_item`]) and nobody holds its lease, computes it with `f` and commits the
+    /// outcome, marked as computed by `sweep`, with the file at `log` (the item's captured
+    /// output, if any) stored as the artifact [`LOG_ARTIFACT`]. Never waits and never loads a
+    /// stored value.
     pub fn claim_keyed<T, F>(
         &self,
         key: Key,
-        since_unix_ms: u64,
+        sweep: &SweepRef,
         doc: &dyn Fn() -> Result<serde_json::Value>,
         codec: &dyn ValueCodec<T>,
         log: Option<&Path>,
@@ -439,7 +432,7 @@ impl Task {
                 Lookup::Found(m) => {
                     let stale = m.status == Status::Completed
                         && self.validator.as_ref().is_some_and(|v| v(&m).is_some());
-                    let settles = settles_item(self.mode, since_unix_ms, &m) && !stale;
+                    let settles = settles_item(self.mode, sweep, &m) && !stale;
                     (settles.then_some(m.status), true)
                 }
                 Lookup::Damaged(_) => (None, true),
@@ -462,7 +455,8 @@ impl Task {
         };
         let doc = doc()?;
         let hook_store = self.store.clone();
-        let hook_manifest = self.manifest_for(key, doc.clone(), Status::Interrupted);
+        let mut hook_manifest = self.manifest_for(key, doc.clone(), Status::Interrupted);
+        hook_manifest.sweep = Some(sweep.id.clone());
         guard.set_interrupt_hook(Box::new(move || {
             record_interrupted(&hook_store, hook_manifest)
         }));
@@ -473,7 +467,7 @@ impl Task {
             |ctx: &mut Context| f(ctx).inspect_err(|failure| interrupted = failure.interrupted),
             codec,
             replace,
-            log,
+            Some(SweepItem { sweep, log }),
         );
         release(guard);
         match out {
@@ -586,6 +580,7 @@ impl Task {
             pid: std::process::id(),
             encoding: String::new(),
             metadata: Default::default(),
+            sweep: None,
             signature: None,
         }
     }
@@ -597,7 +592,7 @@ impl Task {
         f: F,
         codec: &dyn ValueCodec<T>,
         replace: bool,
-        log: Option<&Path>,
+        item: Option<SweepItem>,
     ) -> Result<T>
     where
         F: FnOnce(&mut Context) -> std::result::Result<T, Failure>,
@@ -607,12 +602,14 @@ impl Task {
         context::push_frame();
         let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut ctx)));
         let dependencies = context::pop_frame();
+        let log = item.as_ref().and_then(|i| i.log);
         if let Some(log) = log.filter(|p| p.metadata().is_ok_and(|m| m.len() > 0)) {
             ctx.artifacts.retain(|(n, _)| n != LOG_ARTIFACT);
             ctx.artifacts
                 .push((LOG_ARTIFACT.to_string(), log.to_path_buf()));
         }
         let mut manifest = self.manifest_for(key, doc, Status::Completed);
+        manifest.sweep = item.map(|i| i.sweep.id.clone());
         manifest.duration_s = t0.elapsed().as_secs_f64();
         manifest.dependencies = dependencies;
         match outcome {

@@ -16,8 +16,8 @@ use std::borrow::Cow;
 
 use runcache::manifest::Manifest;
 use runcache::{
-    Claim, Error, Failure, GcOptions, ItemState, Mode, Status, Store, SweepRecord, ValueCodec,
-    LOG_ARTIFACT, SWEEP_FORMAT,
+    Claim, Error, Failure, GcOptions, ItemState, Mode, Status, Store, SweepRecord, SweepRef,
+    ValueCodec, LOG_ARTIFACT, SWEEP_FORMAT,
 };
 
 /// Opens a fresh, empty store.
@@ -48,6 +48,7 @@ pub fn run_all(open: Factory<'_>) {
     bad_record_names_are_refused(open());
     large_record_round_trips(open());
     sweep_items_are_claimed_and_reported(open());
+    sweep_tells_its_own_work_by_id_not_by_clock(open());
 }
 
 fn big(seed: u8) -> Vec<u8> {
@@ -574,6 +575,7 @@ pub fn waiter_loads_what_the_holder_commits(store: Store) {
             pid: 1,
             encoding: "postcard".into(),
             metadata: Default::default(),
+            sweep: None,
             signature: None,
         };
         assert!(store
@@ -774,10 +776,10 @@ pub fn sweep_items_are_claimed_and_reported(store: Store) {
     let status = store.sweep_status(&record, true).unwrap();
     assert_eq!((status.pending, status.cached, status.total), (3, 1, 4));
 
-    let since = record.created_unix_ms;
+    let sweep = record.sweep_ref();
     let doc = || Ok(serde_json::json!({"test": true}));
     let claim = |key, f: &dyn Fn() -> Result<Vec<u8>, Failure>, log: Option<&std::path::Path>| {
-        task.claim_keyed(key, since, &doc, &Raw, log, |_| f())
+        task.claim_keyed(key, &sweep, &doc, &Raw, log, |_| f())
             .unwrap()
     };
     // Item 0 computes once, with its captured output kept as an artifact.
@@ -814,12 +816,15 @@ pub fn sweep_items_are_claimed_and_reported(store: Store) {
         b"about to fail\n"
     );
     assert_eq!(claim(keys[1], &failing, None), Claim::Done(Status::Failed));
-    // A retry sweep submitted later redoes the failure; one submitted before it does not.
+    // A retry sweep submitted later redoes the failure; the sweep that recorded it does not.
     let retry = task.clone().mode(Mode::Retry);
-    let later = now_ms() + 1_000;
+    let later = SweepRef {
+        id: "conf-sweep-2".into(),
+        submitted_unix_ms: now_ms() + 1_000,
+    };
     assert_eq!(
         retry
-            .claim_keyed(keys[1], since, &doc, &Raw, None, |_| failing())
+            .claim_keyed(keys[1], &sweep, &doc, &Raw, None, |_| failing())
             .unwrap(),
         Claim::Done(Status::Failed)
     );
@@ -853,7 +858,7 @@ pub fn sweep_items_are_claimed_and_reported(store: Store) {
     assert!(status.items[0].log.is_some());
     held.release().unwrap();
     assert_eq!(
-        store.item_state(&keys[2], Mode::Cached, since).unwrap(),
+        store.item_state(&keys[2], Mode::Cached, &sweep).unwrap(),
         ItemState::Pending
     );
     assert_eq!(
@@ -863,7 +868,7 @@ pub fn sweep_items_are_claimed_and_reported(store: Store) {
     assert!(store.sweep_status(&record, false).unwrap().drained());
     assert_eq!(
         retry
-            .claim_keyed(keys[1], later, &doc, &Raw, None, |_| Ok(b"one".to_vec()))
+            .claim_keyed(keys[1], &later, &doc, &Raw, None, |_| Ok(b"one".to_vec()))
             .unwrap(),
         Claim::Computed(Status::Completed)
     );
@@ -880,6 +885,77 @@ pub fn sweep_items_are_claimed_and_reported(store: Store) {
     // Workers never run in modes that do not write.
     let ro = task.clone().mode(Mode::ReadOnly);
     assert!(ro
-        .claim_keyed(keys[0], since, &doc, &Raw, None, |_| Ok(Vec::new()))
+        .claim_keyed(keys[0], &sweep, &doc, &Raw, None, |_| Ok(Vec::new()))
         .is_err());
+}
+
+/// What a sweep counts as its own work is told by the id its workers record, not by clocks: an
+/// entry recorded in the very millisecond of the submission by someone else is cached, and a
+/// force sweep whose submitter's clock runs ahead of its workers' never redoes its own items.
+pub fn sweep_tells_its_own_work_by_id_not_by_clock(store: Store) {
+    let task = store.task("conf.sweep.clock").version("1");
+    let keys: Vec<_> = (0..2u32).map(|i| task.key(&i).unwrap()).collect();
+    task.get_or_compute(&0u32, || Ok::<_, String>(0u32))
+        .unwrap();
+    let before = store.manifest(&keys[0]).unwrap().unwrap();
+    assert_eq!(before.sweep, None, "an ordinary call names no sweep");
+    let record = SweepRecord {
+        format: SWEEP_FORMAT,
+        id: "conf-clock-1".into(),
+        // Submitted in the same millisecond the entry of item 0 was recorded.
+        created_unix_ms: before.created_unix_ms,
+        namespace: "conf.sweep.clock".into(),
+        version: "1".into(),
+        mode: "cached".into(),
+        count: 2,
+        keys: store.save_sweep_keys(&keys).unwrap(),
+        payload: Vec::new(),
+        runner: serde_json::Value::Null,
+        resources: Default::default(),
+        executor: serde_json::Value::Null,
+    };
+    store.save_sweep(&record).unwrap();
+    let doc = || Ok(serde_json::json!({"test": true}));
+    let sweep = record.sweep_ref();
+    assert_eq!(
+        task.claim_keyed(keys[1], &sweep, &doc, &Raw, None, |_| Ok(b"one".to_vec()))
+            .unwrap(),
+        Claim::Computed(Status::Completed)
+    );
+    assert_eq!(
+        store.manifest(&keys[1]).unwrap().unwrap().sweep.as_deref(),
+        Some("conf-clock-1")
+    );
+    let status = store.sweep_status(&record, false).unwrap();
+    assert_eq!((status.cached, status.completed), (1, 1));
+
+    // A force sweep submitted "an hour from now" by a machine whose clock runs ahead.
+    let force = task.clone().mode(Mode::Force);
+    let ahead = SweepRef {
+        id: "conf-clock-2".into(),
+        submitted_unix_ms: now_ms() + 3_600_000,
+    };
+    let computed = AtomicUsize::new(0);
+    for _ in 0..3 {
+        force
+            .claim_keyed(keys[0], &ahead, &doc, &Raw, None, |_| {
+                computed.fetch_add(1, Ordering::SeqCst);
+                Ok(b"zero again".to_vec())
+            })
+            .unwrap();
+    }
+    assert_eq!(
+        computed.load(Ordering::SeqCst),
+        1,
+        "computed once, then settled"
+    );
+    assert_eq!(
+        store.item_state(&keys[0], Mode::Force, &ahead).unwrap(),
+        ItemState::Completed
+    );
+    assert_eq!(
+        store.item_state(&keys[1], Mode::Force, &ahead).unwrap(),
+        ItemState::Pending,
+        "force redoes what another sweep computed before it"
+    );
 }
