@@ -56,6 +56,11 @@ class Executor(abc.ABC):
     def cancel(self, sweep: "SweepHandle") -> None:
         """Stops the sweep's workers."""
 
+    def pause(self, sweep: "SweepHandle", seconds: float) -> None:
+        """Waits between two looks at the sweep's progress. An executor that can see its
+        workers end returns early when one does (it usually means the sweep is drained)."""
+        time.sleep(seconds)
+
 
 class Inline:
     """Runs every item in the calling process, one after the other (debugging, notebooks). It
@@ -244,6 +249,15 @@ class Local(Executor):
             ]
             fatal = bool(procs) and all(p.returncode == WORKER_SETUP_FAILED for p, _, _ in procs)
         return WorkerState(alive=alive, problems=problems, fatal=fatal)
+
+    def pause(self, sweep: "SweepHandle", seconds: float) -> None:
+        procs = [p for p, _, _ in self._procs.get(sweep.id, [])]
+        live = sum(p.poll() is None for p in procs)
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(0.01, left))
+            if sum(p.poll() is None for p in procs) < live:
+                return
 
     def cancel(self, sweep: "SweepHandle") -> None:
         with self._lock:

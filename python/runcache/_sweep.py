@@ -322,9 +322,14 @@ class SweepHandle:
                         f"({st.done}/{st.total} done, {st.running} running, {st.queued} queued)"
                     )
                 # Poll every 50 ms, or less often when reading the states is costly (at most a
-                # fifth of the time goes to polling). Settled items are never read again.
+                # fifth of the time goes to polling), sooner when a worker ends. Settled items
+                # are never read again.
                 spent = time.monotonic() - t0
-                time.sleep(min(max(0.05, spent * 4), 2.0))
+                pause = min(max(0.05, spent * 4), 2.0)
+                if self.executor is None:
+                    time.sleep(pause)
+                else:
+                    self.executor.pause(self, pause)
         finally:
             bar.close()
 
