@@ -66,9 +66,10 @@ class Progress:
 
 def counts(st: Any) -> str:
     """``completed 3, cached 5, running 2, failed 0, queued 10``."""
+    cancelled = f", cancelled {st.cancelled}" if st.cancelled else ""
     return (
         f"completed {st.completed}, cached {st.cached}, running {st.running}, "
-        f"failed {st.failed}, queued {st.queued}"
+        f"failed {st.failed}, queued {st.queued}{cancelled}"
     )
 
 
@@ -76,5 +77,6 @@ def summary(name: str, st: Any, seconds: float) -> str:
     """The one-line summary printed at the end of a sweep."""
     return (
         f"runcache: {name}: computed {st.completed}, loaded {st.cached} from cache, "
-        f"failed {st.failed} in {seconds:.1f} s"
+        f"failed {st.failed}{f', cancelled {st.cancelled}' if st.cancelled else ''} "
+        f"in {seconds:.1f} s"
     )

@@ -2,7 +2,8 @@
 
 The store is the single source of truth. Submitting writes a sweep record (the item keys and
 the pickled arguments) to the store; executors start workers that claim items with the engine's
-leases; every state shown here (pending, running, completed, failed, interrupted) is read back
+leases; every state shown here (pending, running, completed, cached, failed, interrupted,
+cancelled) is read back
 from the store's entries and leases, from any session (`runcache.sweep(ID)`) or the CLI
 (`runcache status`).
 """
@@ -17,7 +18,7 @@ import secrets
 import shlex
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Iterable, Sequence
 
 from runcache import _config, _core
 from runcache._executors import Executor, WorkerState
@@ -57,9 +58,14 @@ def as_call(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return (item,), {}
 
 
+#: ``Failure.error_type`` of an item cancelled before it started.
+CANCELLED = "runcache.Cancelled"
+
+
 @dataclasses.dataclass
 class Failure:
-    """An item that failed, returned in place of its result with ``errors="return"``."""
+    """An item that failed (or was cancelled: ``error_type`` is ``"runcache.Cancelled"``),
+    returned in place of its result with ``errors="return"``."""
 
     #: Position of the item in the sweep.
     index: int
@@ -108,11 +114,12 @@ class SweepStatus:
     failed: int
     interrupted: int
     items: list[dict[str, Any]]
+    cancelled: int = 0
 
     @property
     def done(self) -> int:
-        """Items settled: completed, cached or failed."""
-        return self.completed + self.cached + self.failed
+        """Items settled: completed, cached, failed or cancelled."""
+        return self.completed + self.cached + self.failed + self.cancelled
 
     @property
     def drained(self) -> bool:
@@ -130,7 +137,7 @@ def _new_id(namespace: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{short.strip('-') or 'task'}-{secrets.token_hex(3)}"
 
 
-_SETTLED = ("completed", "cached", "failed")
+_SETTLED = ("completed", "cached", "failed", "cancelled")
 
 
 class _Tracker:
@@ -156,7 +163,11 @@ class _Tracker:
             for i, state in zip(self.open, fresh):
                 self.states[i] = state
             self.open = [i for i in self.open if self.states[i] not in _SETTLED]
-        n = {s: 0 for s in ("pending", "running", "completed", "cached", "failed", "interrupted")}
+        n = {
+            s: 0
+            for s in ("pending", "running", "completed", "cached", "failed", "interrupted",
+                      "cancelled")
+        }
         for state in self.states:
             n[state] += 1
         return SweepStatus(id=self.sweep.id, total=self.sweep.total, items=[], **n)
@@ -183,6 +194,7 @@ class SweepHandle:
         self.executor = executor
         self._queued = queued
         self._keys: list[str] | None = None
+        self._cancelling = False
 
     def __repr__(self) -> str:
         return f"<runcache sweep {self.id} of {self.record['namespace']}: {self.total} items>"
@@ -275,6 +287,7 @@ class SweepHandle:
             cached=s["cached"],
             failed=s["failed"],
             interrupted=s["interrupted"],
+            cancelled=s["cancelled"],
             items=s["items"],
         )
 
@@ -301,9 +314,12 @@ class SweepHandle:
                 bar.update(st)
                 if all(tracker.settled(i) for i in watched):
                     return st
-                if self.executor is not None:
+                if self._cancelling and st.queued:
+                    # Items whose workers were stopped by cancel() are cancelled once released.
+                    self._cancel_open()
+                elif self.executor is not None:
                     ws = self.executor.poll(self)
-                    if ws.alive == 0 and st.running == 0:
+                    if ws.alive == 0 and st.running == 0 and not self._cancelling:
                         st = tracker.poll()
                         if all(tracker.settled(i) for i in watched):
                             return st
@@ -355,34 +371,62 @@ class SweepHandle:
         if errors not in ("raise", "return"):
             raise ValueError(f"errors={errors!r}: use 'raise' or 'return'")
         self.wait(timeout=timeout, progress=progress)
-        return collect(self.store, self.keys, errors, mmap)
+        cancelled = set(self.store.cancelled_keys(self.id))
+        return collect(self.store, self.keys, errors, mmap, cancelled)
 
     def jobs(self) -> list["Job"]:
         """One :class:`Job` per item, in order."""
         return [Job(self.store, i, k, self) for i, k in enumerate(self.keys)]
 
-    def cancel(self) -> None:
-        """Stops this sweep's workers (items they hold are recorded interrupted)."""
+    def cancel(self) -> int:
+        """Cancels the sweep: no item starts any more, and when this handle has the executor
+        that started the workers, they are stopped (the items they were computing are recorded
+        interrupted, then cancelled). Settled items keep their entries. Returns how many items
+        were cancelled now; ``results()`` gives a ``runcache.Cancelled`` failure for each."""
+        self._cancelling = True
+        n = self._cancel_open()
         if self.executor is not None:
             self.executor.cancel(self)
+            n += self._cancel_open()
+        return n
+
+    def _cancel_open(self) -> int:
+        """Cancels every item neither settled nor running; returns how many were."""
+        rec = self.record
+        since = rec["created_unix_ms"]
+        states = self.store.item_states(self.keys, rec["mode"], rec["id"], since)
+        waiting = list({k for k, s in zip(self.keys, states) if s in ("pending", "interrupted")})
+        return sum(self.store.cancel_items(waiting, rec["mode"], rec["id"], since))
 
 
-def collect(store: _core.Store, keys: Sequence[str], errors: str, mmap: bool = True) -> list[Any]:
-    """Loads the results of settled items in order; failures become :class:`Failure`."""
+def collect(
+    store: _core.Store,
+    keys: Sequence[str],
+    errors: str,
+    mmap: bool = True,
+    cancelled: Collection[str] = (),
+) -> list[Any]:
+    """Loads the results of settled items in order; failures (and the ``cancelled`` keys)
+    become :class:`Failure`."""
     results: list[Any] = []
     failures: list[Failure] = []
     for i, key in enumerate(keys):
         try:
             results.append(store.load(key, mmap=mmap))
             continue
-        except KeyError:  # no completed entry: the item failed
+        except KeyError:  # no completed entry: the item failed or was cancelled
             pass
-        failure = failure_of(store, i, key)
+        failure = cancelled_failure(i, key) if key in cancelled else failure_of(store, i, key)
         failures.append(failure)
         results.append(failure)
     if failures and errors == "raise":
         raise SweepError(summarize(failures, len(keys)), failures, results)
     return results
+
+
+def cancelled_failure(index: int, key: str) -> Failure:
+    """What a cancelled item gives in place of its result."""
+    return Failure(index, key, CANCELLED, "the item was cancelled before it started")
 
 
 def failure_of(store: _core.Store, index: int, key: str) -> Failure:
@@ -440,7 +484,7 @@ class Job:
         return f"<runcache job {where} {self.status()}>"
 
     def status(self) -> str:
-        """pending, running, completed, cached, failed or interrupted."""
+        """pending, running, completed, cached, failed, interrupted or cancelled."""
         if self.sweep is None:  # settled before any sweep: whatever is stored is cached
             mode, sweep_id, since = "cached", "", 0
         else:
@@ -460,18 +504,24 @@ class Job:
         try:
             return self.store.load(self.key, mmap=self.mmap)
         except KeyError:
-            f = failure_of(self.store, self.index, self.key)
+            if self.status() == "cancelled":
+                f = cancelled_failure(self.index, self.key)
+            else:
+                f = failure_of(self.store, self.index, self.key)
             raise SweepError(summarize([f], 1), [f], [f]) from None
 
     def logs(self) -> str:
         """The item's captured stdout and stderr ('' if it printed nothing)."""
         return logs_of(self.store, self.key)
 
-    def cancel(self) -> None:
-        """Cancels the whole sweep's workers (items are claimed dynamically, so one item cannot
-        be withdrawn alone once workers run); nothing to do for a settled item."""
-        if self.sweep is not None:
-            self.sweep.cancel()
+    def cancel(self) -> bool:
+        """Cancels the item unless it has started, like ``concurrent.futures.Future.cancel``:
+        True when no worker of its sweep will compute it, False when it is running or settled.
+        (``job.sweep.cancel()`` cancels the whole sweep and stops its workers.)"""
+        if self.sweep is None:
+            return False
+        rec = self.sweep.record
+        return self.store.cancel_items([self.key], rec["mode"], rec["id"], rec["created_unix_ms"])[0]
 
 
 def logs_of(store: _core.Store, key: str) -> str:

@@ -289,3 +289,28 @@ def test_workers_that_cannot_import_the_task_are_not_resubmitted(
     assert len(counted_sbatch()) == 1
     (log,) = (tmp_path / "slurm-logs" / handle.id).glob("*_0.out")
     assert "cannot import the task" in log.read_text()
+
+
+def test_cancelling_a_sweep_scancels_its_array_and_starts_nothing_more(
+    cluster, store, trace, tmp_path, counted_sbatch
+):
+    items = [{"x": i, "trace": trace, "hold": 0} for i in range(6)]
+    jobs = sleepy.map(items, executor=executor(tmp_path, max_tasks=1), wait=False)
+    handle = jobs[0].sweep
+    started = os.path.join(trace, "started")
+    deadline = time.monotonic() + 120
+    while not os.path.exists(started):
+        assert time.monotonic() < deadline, "the held item never started"
+        time.sleep(0.1)
+    handle.cancel()
+    # scancel is asynchronous: the held item is cancelled once its worker has released it.
+    results = handle.results(errors="return", timeout=120, progress=False)
+    assert isinstance(results[0], rc.Failure) and results[0].error_type == "runcache.Cancelled"
+    done = {x for x, _ in computed(trace)}
+    for x, r in enumerate(results):
+        if x in done:  # computed before the worker reached the held item
+            assert r == x + 1000
+        else:
+            assert isinstance(r, rc.Failure) and r.error_type == "runcache.Cancelled", (x, r)
+    assert len(counted_sbatch()) == 1, "a cancelled sweep is not resubmitted"
+    assert not os.path.exists(os.path.join(trace, "slept-through"))

@@ -384,3 +384,47 @@ def test_capacity_is_shared_by_the_sweeps_of_one_executor(store, trace):
         seen = [int(line) for line in f]
     assert len(seen) == 12
     assert max(seen) <= 2  # 4 // 2 items at once over both sweeps
+
+
+def test_a_job_is_cancelled_only_before_it_starts(store, trace):
+    items = [{"x": i, "trace": trace, "hold": 0} for i in range(4)]
+    jobs = slow.map(items, executor=rc.Local(workers=1), wait=False)
+    _wait_for(lambda: _started(trace, 0))
+    # Item 0 is running: like concurrent.futures, it cannot be cancelled. Item 2 has not started.
+    assert jobs[0].cancel() is False
+    assert jobs[2].cancel() is True
+    assert jobs[2].status() == "cancelled" and jobs[2].done()
+    open(os.path.join(trace, "release"), "w").close()
+    out = jobs[0].sweep.results(errors="return", timeout=120)
+    assert out[0] == 1000 and out[1] == 1001 and out[3] == 1003
+    assert isinstance(out[2], rc.Failure) and out[2].error_type == "runcache.Cancelled"
+    assert 2 not in counts_per_item(trace), "a cancelled item is never computed"
+    with pytest.raises(rc.SweepError, match="Cancelled"):
+        jobs[2].result(timeout=10)
+    assert jobs[1].cancel() is False, "a completed item stays completed"
+    st = jobs[0].sweep.status()
+    assert (st.completed, st.cancelled, st.done) == (3, 1, 4)
+    cli = subprocess.run(
+        [sys.executable, "-m", "runcache", "--store", str(store), "status", jobs[0].sweep.id],
+        capture_output=True, text=True,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "4/4 done" in cli.stdout and "cancelled 1" in cli.stdout
+
+
+def test_cancelling_a_sweep_stops_its_workers_and_starts_nothing_more(store, trace):
+    items = [{"x": i, "trace": trace, "hold": 0} for i in range(5)]
+    jobs = slow.map(items, executor=rc.Local(workers=1), wait=False)
+    sweep = jobs[0].sweep
+    _wait_for(lambda: _started(trace, 0))
+    # The four waiting items, and item 0 once its stopped worker released it.
+    assert sweep.cancel() == 5
+    assert sweep.executor.poll(sweep).alive == 0
+    out = sweep.results(errors="return", timeout=60)
+    assert [f.error_type for f in out] == ["runcache.Cancelled"] * 5
+    assert computed(trace) == [], "nothing was computed, and no worker was started again"
+    st = sweep.status()
+    assert st.cancelled == 5 and st.drained
+    # The cancellations belong to that sweep: the same items compute normally in a new one.
+    open(os.path.join(trace, "release"), "w").close()
+    assert slow.map(items, executor=rc.Local(workers=1)) == [i + 1000 for i in range(5)]

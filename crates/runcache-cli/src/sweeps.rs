@@ -33,7 +33,7 @@ pub fn status(cli: &Cli, store: &Store, sweep: Option<&str>) -> Result<i32> {
                     r.id.clone(),
                     r.namespace.clone(),
                     age(r.created_unix_ms),
-                    format!("{}/{}", s.completed + s.cached + s.failed, s.total),
+                    format!("{}/{}", settled(s), s.total),
                     counts(s),
                 ]
             })
@@ -54,12 +54,7 @@ pub fn status(cli: &Cli, store: &Store, sweep: Option<&str>) -> Result<i32> {
         record.mode,
         age(record.created_unix_ms)
     );
-    println!(
-        "{}/{} done: {}",
-        s.completed + s.cached + s.failed,
-        s.total,
-        counts(&s)
-    );
+    println!("{}/{} done: {}", settled(&s), s.total, counts(&s));
     if let Some(dir) = record.executor.get("log_dir").and_then(|v| v.as_str()) {
         println!("worker logs: {dir}");
     }
@@ -81,9 +76,18 @@ pub fn status(cli: &Cli, store: &Store, sweep: Option<&str>) -> Result<i32> {
     Ok(0)
 }
 
+fn settled(s: &SweepStatus) -> u64 {
+    s.completed + s.cached + s.failed + s.cancelled
+}
+
 fn counts(s: &SweepStatus) -> String {
+    let cancelled = if s.cancelled > 0 {
+        format!(", cancelled {}", s.cancelled)
+    } else {
+        String::new()
+    };
     format!(
-        "completed {}, cached {}, running {}, failed {}, queued {}",
+        "completed {}, cached {}, running {}, failed {}, queued {}{cancelled}",
         s.completed,
         s.cached,
         s.running,

@@ -28,6 +28,14 @@ fn parse_key(key: &str) -> PyResult<Key> {
     key.parse().map_err(to_py)
 }
 
+/// The engine's view of sweep `id` submitted at `since_unix_ms`.
+fn sweep_ref(id: String, since_unix_ms: u64) -> SweepRef {
+    SweepRef {
+        id,
+        submitted_unix_ms: since_unix_ms,
+    }
+}
+
 fn parse_keys(keys: &[String]) -> PyResult<Vec<Key>> {
     keys.iter().map(|k| parse_key(k)).collect()
 }
@@ -231,10 +239,7 @@ impl Store {
             .version(version)
             .mode(mode)
             .validator(Arc::new(stale_dependency));
-        let sweep = SweepRef {
-            id: sweep_id,
-            submitted_unix_ms: since_unix_ms,
-        };
+        let sweep = sweep_ref(sweep_id, since_unix_ms);
         let stash: Mutex<Option<(PyErr, bool)>> = Mutex::new(None);
         let doc_fn = || json_doc(&doc);
         let codec = PickleCodec { mmap: true };
@@ -257,6 +262,7 @@ impl Store {
         Ok(match claim {
             Claim::Done(s) => format!("done:{}", s.as_str()),
             Claim::Busy => "busy".into(),
+            Claim::Cancelled => "cancelled".into(),
             Claim::Computed(s) => format!("computed:{}", s.as_str()),
         })
     }
@@ -333,10 +339,7 @@ impl Store {
     ) -> PyResult<Vec<bool>> {
         let mode: Mode = mode.parse().map_err(to_py)?;
         let keys = parse_keys(&keys)?;
-        let sweep = SweepRef {
-            id: sweep_id,
-            submitted_unix_ms: since_unix_ms,
-        };
+        let sweep = sweep_ref(sweep_id, since_unix_ms);
         py.detach(|| {
             keys.iter()
                 .map(|k| self.inner.settles(k, mode, &sweep))
@@ -346,7 +349,7 @@ impl Store {
     }
 
     /// The state of each item (`keys`) of sweep `sweep_id`, submitted at `since_unix_ms`, in
-    /// `mode`: pending, running, completed, cached, failed or interrupted.
+    /// `mode`: pending, running, completed, cached, failed, interrupted or cancelled.
     fn item_states(
         &self,
         py: Python<'_>,
@@ -357,16 +360,9 @@ impl Store {
     ) -> PyResult<Vec<String>> {
         let mode: Mode = mode.parse().map_err(to_py)?;
         let keys = parse_keys(&keys)?;
-        let sweep = SweepRef {
-            id: sweep_id,
-            submitted_unix_ms: since_unix_ms,
-        };
+        let sweep = sweep_ref(sweep_id, since_unix_ms);
         let states = py
-            .detach(|| {
-                keys.iter()
-                    .map(|k| self.inner.item_state(k, mode, &sweep))
-                    .collect::<runcache::Result<Vec<_>>>()
-            })
+            .detach(|| self.inner.item_states(&keys, mode, &sweep))
             .map_err(to_py)?;
         Ok(states
             .into_iter()
@@ -378,6 +374,36 @@ impl Store {
                     .to_string()
             })
             .collect())
+    }
+
+    /// Cancels the items `keys` of sweep `sweep_id` (submitted at `since_unix_ms`, in `mode`)
+    /// that have not started (see the engine's `Store::cancel_item`); for each, whether it was.
+    fn cancel_items(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        mode: &str,
+        sweep_id: String,
+        since_unix_ms: u64,
+    ) -> PyResult<Vec<bool>> {
+        let mode: Mode = mode.parse().map_err(to_py)?;
+        let keys = parse_keys(&keys)?;
+        let sweep = sweep_ref(sweep_id, since_unix_ms);
+        py.detach(|| {
+            keys.iter()
+                .map(|k| self.inner.cancel_item(&sweep, mode, k))
+                .collect::<runcache::Result<Vec<bool>>>()
+        })
+        .map_err(to_py)
+    }
+
+    /// The keys of the cancelled items of sweep `sweep_id`.
+    fn cancelled_keys(&self, py: Python<'_>, sweep_id: String) -> PyResult<Vec<String>> {
+        let sweep = sweep_ref(sweep_id, 0);
+        let keys = py
+            .detach(|| self.inner.cancelled_items(&sweep))
+            .map_err(to_py)?;
+        Ok(keys.iter().map(|k| k.to_hex()).collect())
     }
 
     /// Writes (creates or replaces) a sweep record given as JSON text.

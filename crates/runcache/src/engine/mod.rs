@@ -20,6 +20,7 @@ pub use map::MapOptions;
 pub use mapped::BlobData;
 pub use store::{EntryInfo, Store, StoreOptions};
 pub use sweep::{
-    settles_item, ItemState, ItemStatus, SweepRecord, SweepRef, SweepStatus, SWEEP_FORMAT,
+    settles_item, ItemState, ItemStatus, SweepRecord, SweepRef, SweepStatus, MAX_SWEEP_ID,
+    SWEEP_FORMAT,
 };
 pub use task::{Claim, Failure, Mode, Task, Validator, ValueCodec, LOG_ARTIFACT};

@@ -7,7 +7,7 @@
 //! interrupted) and its lease (running) — so every session, the CLI and every worker see the
 //! same truth.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +16,7 @@ use super::task::{Mode, LOG_ARTIFACT};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::lease::Acquire;
 use crate::manifest::{BlobRef, Manifest, Status};
 
 /// Format of the sweep record written by this engine.
@@ -23,6 +24,15 @@ pub const SWEEP_FORMAT: u32 = 1;
 
 /// The record kind sweeps are stored under.
 const KIND: &str = "sweeps";
+
+/// Longest sweep id (so that the record kind of its cancellations, `cancel.<id>`, is valid).
+pub const MAX_SWEEP_ID: usize = 100;
+
+/// The record kind under which the cancelled items of sweep `id` are kept (one empty record
+/// per item key).
+fn cancel_kind(id: &str) -> String {
+    format!("cancel.{id}")
+}
 
 /// Everything a worker and a status reader need to know about one sweep.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -121,6 +131,8 @@ pub enum ItemState {
     Failed,
     /// Its computation was interrupted; it is queued again.
     Interrupted,
+    /// Cancelled before it started: no worker of this sweep will compute it.
+    Cancelled,
 }
 
 /// One item's state, with where to look when it failed.
@@ -164,20 +176,30 @@ pub struct SweepStatus {
     pub failed: u64,
     /// Interrupted (queued again).
     pub interrupted: u64,
+    /// Cancelled before they started.
+    #[serde(default)]
+    pub cancelled: u64,
     /// Per-item states: every item when asked for, else the failed and interrupted ones.
     pub items: Vec<ItemStatus>,
 }
 
 impl SweepStatus {
-    /// True when every item is settled (completed, cached or failed).
+    /// True when every item is settled (completed, cached, failed or cancelled).
     pub fn drained(&self) -> bool {
-        self.completed + self.cached + self.failed == self.total
+        self.completed + self.cached + self.failed + self.cancelled == self.total
     }
 }
 
 impl Store {
     /// Writes (creates or replaces) a sweep record.
     pub fn save_sweep(&self, record: &SweepRecord) -> Result<()> {
+        if record.id.len() > MAX_SWEEP_ID {
+            return Err(Error::Invalid(format!(
+                "sweep id {:?} is {} bytes long; use at most {MAX_SWEEP_ID}",
+                record.id,
+                record.id.len()
+            )));
+        }
         let bytes = serde_json::to_vec(record).expect("a sweep record serializes");
         self.backend().put_record(KIND, &record.id, &bytes)
     }
@@ -231,9 +253,52 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes a sweep record (its entries stay); returns whether it existed.
+    /// Deletes a sweep record and its cancellations (its entries stay); returns whether it
+    /// existed.
     pub fn delete_sweep(&self, id: &str) -> Result<bool> {
+        let kind = cancel_kind(id);
+        for name in self.backend().list_records(&kind)? {
+            self.backend().delete_record(&kind, &name)?;
+        }
         self.backend().delete_record(KIND, id)
+    }
+
+    /// Cancels the item of `sweep` whose key is `key`, unless it has started: takes the item's
+    /// lease (so no worker holds it or can start it meanwhile), and when no entry settles the
+    /// item, records the cancellation, which every worker checks after taking an item's lease.
+    /// Returns false, changing nothing, when the item is running or settled.
+    pub fn cancel_item(&self, sweep: &SweepRef, mode: Mode, key: &Key) -> Result<bool> {
+        let guard = match self.leases().try_acquire(key, "runcache.cancel")? {
+            Acquire::Won(guard) => guard,
+            Acquire::Busy(_) => return Ok(false),
+        };
+        let cancel = !self.settles(key, mode, sweep)?;
+        let written = if cancel {
+            self.backend()
+                .put_record(&cancel_kind(&sweep.id), &key.to_hex(), b"")
+        } else {
+            Ok(())
+        };
+        guard.release()?;
+        written.map(|()| cancel)
+    }
+
+    /// Whether the item of `sweep` with key `key` was cancelled.
+    pub fn is_cancelled(&self, sweep: &SweepRef, key: &Key) -> Result<bool> {
+        Ok(self
+            .backend()
+            .get_record(&cancel_kind(&sweep.id), &key.to_hex())?
+            .is_some())
+    }
+
+    /// The keys of the cancelled items of `sweep`.
+    pub fn cancelled_items(&self, sweep: &SweepRef) -> Result<HashSet<Key>> {
+        Ok(self
+            .backend()
+            .list_records(&cancel_kind(&sweep.id))?
+            .iter()
+            .filter_map(|name| name.parse::<Key>().ok())
+            .collect())
     }
 
     /// The item keys of a sweep, in item order.
@@ -266,6 +331,7 @@ impl Store {
         let mode = record.mode()?;
         let sweep = record.sweep_ref();
         let keys = self.sweep_keys(record)?;
+        let cancelled = self.cancelled_items(&sweep)?;
         let mut status = SweepStatus {
             id: record.id.clone(),
             namespace: record.namespace.clone(),
@@ -273,7 +339,7 @@ impl Store {
             ..Default::default()
         };
         for (index, key) in keys.into_iter().enumerate() {
-            let item = self.item_status(index as u64, key, mode, &sweep)?;
+            let item = self.item_status(index as u64, key, mode, &sweep, &cancelled)?;
             let counter = match item.state {
                 ItemState::Pending => &mut status.pending,
                 ItemState::Running => &mut status.running,
@@ -281,6 +347,7 @@ impl Store {
                 ItemState::Cached => &mut status.cached,
                 ItemState::Failed => &mut status.failed,
                 ItemState::Interrupted => &mut status.interrupted,
+                ItemState::Cancelled => &mut status.cancelled,
             };
             *counter += 1;
             if all_items || matches!(item.state, ItemState::Failed | ItemState::Interrupted) {
@@ -298,10 +365,18 @@ impl Store {
         })
     }
 
-    /// The state of one item of `sweep` in `mode` (from the entry of `key`), including whether
-    /// a live worker holds it.
-    pub fn item_state(&self, key: &Key, mode: Mode, sweep: &SweepRef) -> Result<ItemState> {
-        Ok(self.item_status(0, *key, mode, sweep)?.state)
+    /// The states of items of `sweep` in `mode` (from the entries of `keys`), including
+    /// whether a live worker holds them.
+    pub fn item_states(
+        &self,
+        keys: &[Key],
+        mode: Mode,
+        sweep: &SweepRef,
+    ) -> Result<Vec<ItemState>> {
+        let cancelled = self.cancelled_items(sweep)?;
+        keys.iter()
+            .map(|key| Ok(self.item_status(0, *key, mode, sweep, &cancelled)?.state))
+            .collect()
     }
 
     fn item_status(
@@ -310,6 +385,7 @@ impl Store {
         key: Key,
         mode: Mode,
         sweep: &SweepRef,
+        cancelled: &HashSet<Key>,
     ) -> Result<ItemStatus> {
         let mut item = ItemStatus {
             index,
@@ -347,6 +423,11 @@ impl Store {
                 };
                 return Ok(item);
             }
+        }
+        if cancelled.contains(&key) {
+            item.state = ItemState::Cancelled;
+            item.error = None;
+            return Ok(item);
         }
         // Only an unsettled item's lease is looked at: the cost follows the sweep, not the
         // number of leases in the store.

@@ -182,6 +182,8 @@ pub enum Claim {
     Done(Status),
     /// A live process holds the item's lease: try again later.
     Busy,
+    /// The item was cancelled ([`Store::cancel_item`]): nothing to do.
+    Cancelled,
     /// This process computed the item and recorded the outcome with this status.
     Computed(Status),
 }
@@ -453,6 +455,11 @@ impl Task {
             }
             (None, exists) => exists,
         };
+        // A cancellation is written under this same lease, so it is seen here or never.
+        if self.store.is_cancelled(sweep, &key)? {
+            release(guard);
+            return Ok(Claim::Cancelled);
+        }
         let doc = doc()?;
         let hook_store = self.store.clone();
         let mut hook_manifest = self.manifest_for(key, doc.clone(), Status::Interrupted);

@@ -49,6 +49,7 @@ pub fn run_all(open: Factory<'_>) {
     large_record_round_trips(open());
     sweep_items_are_claimed_and_reported(open());
     sweep_tells_its_own_work_by_id_not_by_clock(open());
+    sweep_items_are_cancelled_only_before_they_start(open());
 }
 
 fn big(seed: u8) -> Vec<u8> {
@@ -858,7 +859,9 @@ pub fn sweep_items_are_claimed_and_reported(store: Store) {
     assert!(status.items[0].log.is_some());
     held.release().unwrap();
     assert_eq!(
-        store.item_state(&keys[2], Mode::Cached, &sweep).unwrap(),
+        store
+            .item_states(&keys[2..=2], Mode::Cached, &sweep)
+            .unwrap()[0],
         ItemState::Pending
     );
     assert_eq!(
@@ -950,12 +953,88 @@ pub fn sweep_tells_its_own_work_by_id_not_by_clock(store: Store) {
         "computed once, then settled"
     );
     assert_eq!(
-        store.item_state(&keys[0], Mode::Force, &ahead).unwrap(),
+        store
+            .item_states(&keys[0..=0], Mode::Force, &ahead)
+            .unwrap()[0],
         ItemState::Completed
     );
     assert_eq!(
-        store.item_state(&keys[1], Mode::Force, &ahead).unwrap(),
+        store
+            .item_states(&keys[1..=1], Mode::Force, &ahead)
+            .unwrap()[0],
         ItemState::Pending,
         "force redoes what another sweep computed before it"
     );
+}
+
+/// An item can be cancelled while no one computes it: then no worker starts it, and it counts
+/// as cancelled. A running or settled item cannot be; deleting the sweep removes the marks.
+pub fn sweep_items_are_cancelled_only_before_they_start(store: Store) {
+    let task = store.task("conf.sweep.cancel").version("1");
+    let keys: Vec<_> = (0..4u32).map(|i| task.key(&i).unwrap()).collect();
+    let record = SweepRecord {
+        format: SWEEP_FORMAT,
+        id: "conf-cancel-1".into(),
+        created_unix_ms: now_ms(),
+        namespace: "conf.sweep.cancel".into(),
+        version: "1".into(),
+        mode: "cached".into(),
+        count: 4,
+        keys: store.save_sweep_keys(&keys).unwrap(),
+        payload: Vec::new(),
+        runner: serde_json::Value::Null,
+        resources: Default::default(),
+        executor: serde_json::Value::Null,
+    };
+    store.save_sweep(&record).unwrap();
+    let sweep = record.sweep_ref();
+    let doc = || Ok(serde_json::json!({"test": true}));
+    let claim = |key| {
+        task.claim_keyed(key, &sweep, &doc, &Raw, None, |_| Ok(b"x".to_vec()))
+            .unwrap()
+    };
+    assert_eq!(claim(keys[0]), Claim::Computed(Status::Completed));
+    let held = match store.leases().try_acquire(&keys[1], "someone").unwrap() {
+        Acquire::Won(g) => g,
+        Acquire::Busy(_) => panic!("nobody else holds it"),
+    };
+    let cancel = |key| store.cancel_item(&sweep, Mode::Cached, key).unwrap();
+    assert!(!cancel(&keys[0]), "a completed item is not cancelled");
+    assert!(!cancel(&keys[1]), "a running item is not cancelled");
+    assert!(cancel(&keys[2]));
+    assert!(cancel(&keys[2]), "cancelling twice is harmless");
+    assert_eq!(claim(keys[2]), Claim::Cancelled);
+    assert!(
+        store.manifest(&keys[2]).unwrap().is_none(),
+        "nothing was computed"
+    );
+    held.release().unwrap();
+    let states = store.item_states(&keys, Mode::Cached, &sweep).unwrap();
+    assert_eq!(
+        states,
+        vec![
+            ItemState::Completed,
+            ItemState::Pending,
+            ItemState::Cancelled,
+            ItemState::Pending
+        ]
+    );
+    assert!(cancel(&keys[3]));
+    assert_eq!(claim(keys[1]), Claim::Computed(Status::Completed));
+    let status = store.sweep_status(&record, false).unwrap();
+    assert_eq!((status.completed, status.cancelled), (2, 2));
+    assert!(status.drained());
+    // Another sweep over the same keys is not affected by these cancellations.
+    let other = SweepRef {
+        id: "conf-cancel-2".into(),
+        submitted_unix_ms: now_ms(),
+    };
+    assert!(!store.is_cancelled(&other, &keys[2]).unwrap());
+    assert!(store.delete_sweep("conf-cancel-1").unwrap());
+    assert!(store.cancelled_items(&sweep).unwrap().is_empty());
+    let long = SweepRecord {
+        id: "x".repeat(runcache::MAX_SWEEP_ID + 1),
+        ..record
+    };
+    assert!(matches!(store.save_sweep(&long), Err(Error::Invalid(_))));
 }
