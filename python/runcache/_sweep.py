@@ -132,6 +132,15 @@ class SweepStatus:
         return self.pending + self.interrupted
 
 
+def _shown(problems: list[str], limit: int = 10) -> list[str]:
+    """The first ``limit`` problem reports, and how many more there are (a big array can have
+    thousands of dead tasks; ``executor.poll(sweep).problems`` lists them all)."""
+    if len(problems) <= limit:
+        return problems
+    more = len(problems) - limit
+    return problems[:limit] + [f"... and {more} more (executor.poll(sweep).problems lists all)"]
+
+
 def _new_id(namespace: str) -> str:
     short = "".join(c if c.isalnum() else "-" for c in namespace.rsplit(".", 1)[-1])[:24]
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{short.strip('-') or 'task'}-{secrets.token_hex(3)}"
@@ -329,7 +338,7 @@ class SweepHandle:
                         bar.write(
                             f"runcache: every worker of sweep {self.id} ended with "
                             f"{st.queued} item(s) left; starting workers again"
-                            + "".join(f"\n  {p}" for p in ws.problems)
+                            + "".join(f"\n  {p}" for p in _shown(ws.problems))
                         )
                         self.executor.launch(self)
                 if deadline is not None and time.monotonic() >= deadline:
@@ -354,7 +363,7 @@ class SweepHandle:
             f"sweep {self.id}: no worker is left but {st.queued} item(s) are unfinished "
             f"({st.done}/{st.total} done). Start workers with:\n  {self.worker_command()}"
         ]
-        lines += [f"  {p}" for p in ws.problems]
+        lines += [f"  {p}" for p in _shown(ws.problems)]
         return "\n".join(lines)
 
     def results(

@@ -428,3 +428,28 @@ def test_cancelling_a_sweep_stops_its_workers_and_starts_nothing_more(store, tra
     # The cancellations belong to that sweep: the same items compute normally in a new one.
     open(os.path.join(trace, "release"), "w").close()
     assert slow.map(items, executor=rc.Local(workers=1)) == [i + 1000 for i in range(5)]
+
+
+class _DeadArray(rc.Executor):
+    """An executor whose 25 workers all died at once (as a big SLURM array can)."""
+
+    def launch(self, sweep):
+        pass
+
+    def poll(self, sweep):
+        problems = [f"task {i}: FAILED (log: /logs/{i}.out)" for i in range(25)]
+        return rc._executors.WorkerState(alive=0, problems=problems, fatal=True)
+
+    def cancel(self, sweep):
+        pass
+
+
+def test_a_stall_report_shows_the_first_problems_and_counts_the_rest(store, trace):
+    with pytest.raises(rc.SweepStalled) as info:
+        square.map([{"x": i, "trace": trace} for i in range(3)], executor=_DeadArray(),
+                   progress=False)
+    text = str(info.value)
+    assert "task 9: FAILED (log: /logs/9.out)" in text
+    assert "task 10:" not in text
+    assert "... and 15 more" in text
+    assert "python" in text and "worker" in text, "the message gives the worker command"
