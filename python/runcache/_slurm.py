@@ -527,10 +527,13 @@ class Slurm(Executor):
 
     # -- talking to SLURM -------------------------------------------------------------------
 
-    def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, argv: list[str], check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         try:
             proc = subprocess.run(
-                argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120
+                argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+                env=env,
             )
         except FileNotFoundError:
             raise SlurmError(
@@ -618,12 +621,17 @@ class Slurm(Executor):
         tracking.folder = folder
         launch_no = 1 + max((s.launch for s in tracking.submissions), default=-1)
         previous = None
+        offset = 0
         for spec in specs:
             argv = ["sbatch", "--parsable", f"--array={spec}"]
             if previous is not None and self.array_parallelism:
                 argv.append(f"--dependency=afterany:{previous}")
             argv.append(script)
-            out = self._run(argv).stdout.strip()
+            # Each array of a split counts its tasks from 0: the offset (in the environment
+            # sbatch passes on) keeps the workers' starting points spread over the items.
+            env = {**os.environ, "RUNCACHE_TASK_OFFSET": str(offset)}
+            offset += len(expand_task_ids(spec))
+            out = self._run(argv, env=env).stdout.strip()
             job = out.splitlines()[-1].split(";", 1)[0].strip() if out else ""
             if not job.isdigit():
                 raise SlurmError(f"sbatch answered {out!r}, not a job id ({shlex.join(argv)})")

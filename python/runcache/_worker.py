@@ -182,7 +182,8 @@ def run(argv: list[str]) -> int:
     n = len(keys)
     start = args.worker_index
     if start is None and os.environ.get("SLURM_ARRAY_TASK_ID", "").isdigit():
-        start = int(os.environ["SLURM_ARRAY_TASK_ID"])
+        offset = os.environ.get("RUNCACHE_TASK_OFFSET", "0")
+        start = int(os.environ["SLURM_ARRAY_TASK_ID"]) + (int(offset) if offset.isdigit() else 0)
     if start is None:
         start = random.randrange(max(n, 1))
     # Spread workers over the list (golden-ratio steps) so they rarely collide.

@@ -314,3 +314,29 @@ def test_cancelling_a_sweep_scancels_its_array_and_starts_nothing_more(
             assert isinstance(r, rc.Failure) and r.error_type == "runcache.Cancelled", (x, r)
     assert len(counted_sbatch()) == 1, "a cancelled sweep is not resubmitted"
     assert not os.path.exists(os.path.join(trace, "slept-through"))
+
+
+def test_a_sweep_above_max_array_size_is_split_into_chained_arrays(
+    cluster, store, trace, tmp_path, counted_sbatch
+):
+    ex = executor(tmp_path, array_parallelism=4)
+    max_size = int(ex.cluster_config().get("MaxArraySize", "0"))
+    if not 1 < max_size <= 20:
+        message = (f"the test cluster's MaxArraySize is {max_size}; scripts/services/slurm "
+                   "sets 12 so that a split is tested with a few tasks")
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    n = max_size + 3
+    items = [{"x": i, "trace": trace} for i in range(n)]
+    assert cube.map(items, executor=ex, progress=False) == [i**3 for i in range(n)]
+    calls = counted_sbatch()
+    assert len(calls) == 2, calls
+    assert f"--array=0-{max_size - 1}%4 " in calls[0] + " "
+    assert "--array=0-2%4 " in calls[1] + " " and "--dependency=afterany:" in calls[1]
+    done = computed(trace)
+    assert collections.Counter(x for x, _ in done) == {i: 1 for i in range(n)}
+    # Both arrays are in the sweep record, so any session can follow and cancel them.
+    (sweep_dir,) = (tmp_path / "slurm-logs").iterdir()
+    info = rc.sweep(sweep_dir.name).executor_info
+    assert len(info["job_ids"]) == 2 and info["tasks"] == [max_size, 3]
