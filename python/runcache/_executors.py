@@ -44,6 +44,11 @@ class Executor(abc.ABC):
     worker ended with items left (a resubmission).
     """
 
+    #: Whether a caller interrupted while waiting (Ctrl-C, a notebook's interrupt) stops the
+    #: workers. True for workers that live with the caller (``Local``); cluster jobs are meant
+    #: to outlive the session (reattach with ``runcache.sweep(ID)``).
+    stop_on_interrupt = False
+
     @abc.abstractmethod
     def launch(self, sweep: "SweepHandle") -> None:
         """Starts workers for the sweep's queued items."""
@@ -138,7 +143,7 @@ def check(executor: Any) -> None:
 
 
 class Local(Executor):
-    """Runs items in ``workers`` local worker processes (default: one per core).
+    """Runs items in ``workers`` local worker processes (default: one per CPU this process may use).
 
     ``resources`` declares the capacity shared by everything this executor runs, e.g.
     ``Local(workers=8, resources={"ram": 64, "gpu": 2})``; with a task declared
@@ -146,6 +151,8 @@ class Local(Executor):
     goes to ``log_dir`` (default: a per-sweep folder under the system temp dir). Without
     ``resources``, task needs are not limited (only the number of workers is).
     """
+
+    stop_on_interrupt = True
 
     def __init__(
         self,
@@ -155,7 +162,7 @@ class Local(Executor):
     ) -> None:
         if workers is not None and workers < 1:
             raise ValueError(f"workers={workers}: give at least 1")
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or usable_cpus()
         self.capacity = {str(k): float(v) for k, v in (resources or {}).items()}
         self.log_dir = log_dir
         self._procs: dict[str, list[tuple[subprocess.Popen[bytes], str, dict[str, float]]]] = {}
@@ -273,6 +280,15 @@ class Local(Executor):
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a container's or a SLURM
+    allocation's cpuset), not every CPU of the machine."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 #: Exit status of a worker that could not set up (import the task, read the sweep).

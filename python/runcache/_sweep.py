@@ -355,6 +355,14 @@ class SweepHandle:
                     time.sleep(pause)
                 else:
                     self.executor.pause(self, pause)
+        except KeyboardInterrupt:
+            if self.executor is not None and self.executor.stop_on_interrupt:
+                self.executor.cancel(self)
+                bar.write(
+                    f"runcache: interrupted; stopped the workers of sweep {self.id}. Completed "
+                    "items are kept: run the same map again to compute the rest."
+                )
+            raise
         finally:
             bar.close()
 

@@ -453,3 +453,42 @@ def test_a_stall_report_shows_the_first_problems_and_counts_the_rest(store, trac
     assert "task 10:" not in text
     assert "... and 15 more" in text
     assert "python" in text and "worker" in text, "the message gives the worker command"
+
+
+INTERRUPTED = """
+import sys, runcache as rc
+sys.path.insert(0, {here!r})
+from sweep_tasks import slow
+rc.configure(store={store!r})
+slow.map([dict(x=i, trace={trace!r}, hold=i) for i in range(4)], executor=rc.Local(workers=2),
+         progress=False)
+"""
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has exited
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_interrupting_the_caller_stops_local_workers(store, trace):
+    # SIGINT to the caller alone (as a notebook's interrupt does), not to its process group.
+    script = INTERRUPTED.format(here=HERE, store=str(store), trace=trace)
+    p = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    started = _wait_for(lambda: len(os.listdir(trace)) >= 2 and os.listdir(trace))
+    workers = {int(n.rsplit("-", 1)[1]) for n in started if n.startswith("started-")}
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode != 0 and "KeyboardInterrupt" in err
+    assert "stopped the workers of sweep" in err
+    _wait_for(lambda: not any(_alive(w) for w in workers), timeout=30)
+    assert computed(trace) == [], "the held items were stopped, not finished"
+    # Nothing was lost or cancelled: the same map computes everything afterwards.
+    open(os.path.join(trace, "release"), "w").close()
+    out = slow.map([dict(x=i, trace=trace, hold=i) for i in range(4)],
+                   executor=rc.Local(workers=2), progress=False)
+    assert out == [1000, 1001, 1002, 1003]
