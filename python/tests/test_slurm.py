@@ -79,6 +79,16 @@ def wait_until_ended(ex, handle, timeout=60):
         time.sleep(0.2)
 
 
+def held_item_started(trace, timeout=120):
+    """Waits until ``sleepy``'s held item has started; returns the path of its marker."""
+    started = os.path.join(trace, "started")
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(started):
+        assert time.monotonic() < deadline, "the held item never started"
+        time.sleep(0.1)
+    return started
+
+
 def executor(tmp_path, **kw):
     opts = dict(mem="200M", time="00:10:00", log_dir=str(tmp_path / "slurm-logs"),
                 poll_interval=0.5)
@@ -147,11 +157,7 @@ def test_scancel_of_a_task_mid_item_loses_nothing(cluster, store, trace, tmp_pat
     ex = executor(tmp_path, max_tasks=3)
     jobs = sleepy.map(items, executor=ex, wait=False)
     handle = jobs[0].sweep
-    started = os.path.join(trace, "started")
-    deadline = time.monotonic() + 120
-    while not os.path.exists(started):
-        assert time.monotonic() < deadline, "the held item never started"
-        time.sleep(0.1)
+    started = held_item_started(trace)
     with open(started) as f:
         victim = f.read().strip()
     assert jobs[0].status() == "running"
@@ -297,11 +303,7 @@ def test_cancelling_a_sweep_scancels_its_array_and_starts_nothing_more(
     items = [{"x": i, "trace": trace, "hold": 0} for i in range(6)]
     jobs = sleepy.map(items, executor=executor(tmp_path, max_tasks=1), wait=False)
     handle = jobs[0].sweep
-    started = os.path.join(trace, "started")
-    deadline = time.monotonic() + 120
-    while not os.path.exists(started):
-        assert time.monotonic() < deadline, "the held item never started"
-        time.sleep(0.1)
+    held_item_started(trace)
     handle.cancel()
     # scancel is asynchronous: the held item is cancelled once its worker has released it.
     results = handle.results(errors="return", timeout=120, progress=False)

@@ -28,6 +28,16 @@ fn parse_key(key: &str) -> PyResult<Key> {
     key.parse().map_err(to_py)
 }
 
+/// `f` of every key, in order, without holding the GIL; the first error is raised.
+fn for_each_key<T: Send>(
+    py: Python<'_>,
+    keys: &[Key],
+    f: impl Fn(&Key) -> runcache::Result<T> + Send + Sync,
+) -> PyResult<Vec<T>> {
+    py.detach(|| keys.iter().map(&f).collect::<runcache::Result<Vec<T>>>())
+        .map_err(to_py)
+}
+
 /// The engine's view of sweep `id` submitted at `since_unix_ms`.
 fn sweep_ref(id: String, since_unix_ms: u64) -> SweepRef {
     SweepRef {
@@ -340,12 +350,7 @@ impl Store {
         let mode: Mode = mode.parse().map_err(to_py)?;
         let keys = parse_keys(&keys)?;
         let sweep = sweep_ref(sweep_id, since_unix_ms);
-        py.detach(|| {
-            keys.iter()
-                .map(|k| self.inner.settles(k, mode, &sweep))
-                .collect::<runcache::Result<Vec<bool>>>()
-        })
-        .map_err(to_py)
+        for_each_key(py, &keys, |k| self.inner.settles(k, mode, &sweep))
     }
 
     /// The state of each item (`keys`) of sweep `sweep_id`, submitted at `since_unix_ms`, in
@@ -389,12 +394,7 @@ impl Store {
         let mode: Mode = mode.parse().map_err(to_py)?;
         let keys = parse_keys(&keys)?;
         let sweep = sweep_ref(sweep_id, since_unix_ms);
-        py.detach(|| {
-            keys.iter()
-                .map(|k| self.inner.cancel_item(&sweep, mode, k))
-                .collect::<runcache::Result<Vec<bool>>>()
-        })
-        .map_err(to_py)
+        for_each_key(py, &keys, |k| self.inner.cancel_item(&sweep, mode, k))
     }
 
     /// The keys of the cancelled items of sweep `sweep_id`.

@@ -892,6 +892,32 @@ pub fn sweep_items_are_claimed_and_reported(store: Store) {
         .is_err());
 }
 
+/// A sweep record over `keys` of task `namespace` (version 1, mode cached), saved in `store`.
+fn saved_sweep(
+    store: &Store,
+    id: &str,
+    namespace: &str,
+    keys: &[runcache::Key],
+    created_unix_ms: u64,
+) -> SweepRecord {
+    let record = SweepRecord {
+        format: SWEEP_FORMAT,
+        id: id.into(),
+        created_unix_ms,
+        namespace: namespace.into(),
+        version: "1".into(),
+        mode: "cached".into(),
+        count: keys.len() as u64,
+        keys: store.save_sweep_keys(keys).unwrap(),
+        payload: Vec::new(),
+        runner: serde_json::Value::Null,
+        resources: Default::default(),
+        executor: serde_json::Value::Null,
+    };
+    store.save_sweep(&record).unwrap();
+    record
+}
+
 /// What a sweep counts as its own work is told by the id its workers record, not by clocks: an
 /// entry recorded in the very millisecond of the submission by someone else is cached, and a
 /// force sweep whose submitter's clock runs ahead of its workers' never redoes its own items.
@@ -902,22 +928,14 @@ pub fn sweep_tells_its_own_work_by_id_not_by_clock(store: Store) {
         .unwrap();
     let before = store.manifest(&keys[0]).unwrap().unwrap();
     assert_eq!(before.sweep, None, "an ordinary call names no sweep");
-    let record = SweepRecord {
-        format: SWEEP_FORMAT,
-        id: "conf-clock-1".into(),
-        // Submitted in the same millisecond the entry of item 0 was recorded.
-        created_unix_ms: before.created_unix_ms,
-        namespace: "conf.sweep.clock".into(),
-        version: "1".into(),
-        mode: "cached".into(),
-        count: 2,
-        keys: store.save_sweep_keys(&keys).unwrap(),
-        payload: Vec::new(),
-        runner: serde_json::Value::Null,
-        resources: Default::default(),
-        executor: serde_json::Value::Null,
-    };
-    store.save_sweep(&record).unwrap();
+    // Submitted in the same millisecond the entry of item 0 was recorded.
+    let record = saved_sweep(
+        &store,
+        "conf-clock-1",
+        "conf.sweep.clock",
+        &keys,
+        before.created_unix_ms,
+    );
     let doc = || Ok(serde_json::json!({"test": true}));
     let sweep = record.sweep_ref();
     assert_eq!(
@@ -972,21 +990,13 @@ pub fn sweep_tells_its_own_work_by_id_not_by_clock(store: Store) {
 pub fn sweep_items_are_cancelled_only_before_they_start(store: Store) {
     let task = store.task("conf.sweep.cancel").version("1");
     let keys: Vec<_> = (0..4u32).map(|i| task.key(&i).unwrap()).collect();
-    let record = SweepRecord {
-        format: SWEEP_FORMAT,
-        id: "conf-cancel-1".into(),
-        created_unix_ms: now_ms(),
-        namespace: "conf.sweep.cancel".into(),
-        version: "1".into(),
-        mode: "cached".into(),
-        count: 4,
-        keys: store.save_sweep_keys(&keys).unwrap(),
-        payload: Vec::new(),
-        runner: serde_json::Value::Null,
-        resources: Default::default(),
-        executor: serde_json::Value::Null,
-    };
-    store.save_sweep(&record).unwrap();
+    let record = saved_sweep(
+        &store,
+        "conf-cancel-1",
+        "conf.sweep.cancel",
+        &keys,
+        now_ms(),
+    );
     let sweep = record.sweep_ref();
     let doc = || Ok(serde_json::json!({"test": true}));
     let claim = |key| {
