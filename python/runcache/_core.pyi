@@ -88,6 +88,7 @@ class Store:
         version: str,
         mode: str,
         key: str,
+        sweep_id: str,
         since_unix_ms: int,
         doc: Callable[[], str],
         compute: Callable[[], tuple[Any, list[tuple[str, str]], str | None]],
@@ -103,11 +104,25 @@ class Store:
     def get_value(self, blobs: str) -> Any:
         """Loads an object stored by ``put_value``."""
 
-    def statuses(self, keys: list[str], mode: str, since_unix_ms: int) -> list[bool]:
-        """Whether each key's entry settles a sweep item submitted at ``since_unix_ms``."""
+    def statuses(
+        self, keys: list[str], mode: str, sweep_id: str, since_unix_ms: int
+    ) -> list[bool]:
+        """Whether each key's entry settles an item of sweep ``sweep_id`` (submitted at
+        ``since_unix_ms``)."""
 
-    def item_states(self, keys: list[str], mode: str, since_unix_ms: int) -> list[str]:
-        """Each item's state: pending, running, completed, cached, failed or interrupted."""
+    def item_states(
+        self, keys: list[str], mode: str, sweep_id: str, since_unix_ms: int
+    ) -> list[str]:
+        """Each item's state: pending, running, completed, cached, failed, interrupted or
+        cancelled."""
+
+    def cancel_items(
+        self, keys: list[str], mode: str, sweep_id: str, since_unix_ms: int
+    ) -> list[bool]:
+        """Cancels the items that have not started; for each key, whether it was cancelled."""
+
+    def cancelled_keys(self, sweep_id: str) -> list[str]:
+        """The keys of the cancelled items of a sweep."""
 
     def save_sweep(self, record: str) -> None:
         """Creates or replaces a sweep record (JSON)."""
@@ -122,7 +137,7 @@ class Store:
         """Every sweep record (JSON), oldest first."""
 
     def delete_sweep(self, id: str) -> bool:
-        """Deletes a sweep record (its entries stay)."""
+        """Deletes a sweep record and its cancellations (its entries stay)."""
 
     def sweep_keys(self, id: str) -> list[str]:
         """The item keys of a sweep, in order."""
