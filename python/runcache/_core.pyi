@@ -95,7 +95,7 @@ class Store:
         log_path: str | None = None,
         interrupt_types: tuple[type[BaseException], ...] | None = None,
     ) -> str:
-        """A worker's claim of one sweep item: ``done:<status>``, ``busy`` or
+        """A worker's claim of one sweep item: ``done:<status>``, ``busy``, ``cancelled`` or
         ``computed:<status>``."""
 
     def put_value(self, value: Any) -> str:
