@@ -346,11 +346,11 @@ class SweepHandle:
                         f"sweep {self.id} is not finished after {timeout} s "
                         f"({st.done}/{st.total} done, {st.running} running, {st.queued} queued)"
                     )
-                # Poll every 50 ms, or less often when reading the states is costly (at most a
+                # Poll every 10 ms, or less often when reading the states is costly (at most a
                 # fifth of the time goes to polling), sooner when a worker ends. Settled items
                 # are never read again.
                 spent = time.monotonic() - t0
-                pause = min(max(0.05, spent * 4), 2.0)
+                pause = min(max(0.01, spent * 4), 2.0)
                 if self.executor is None:
                     time.sleep(pause)
                 else:
