@@ -82,7 +82,14 @@ class Failure:
     #: Where its captured output is (a file, or the command that prints it), if any.
     log: str | None = None
 
+    @property
+    def cancelled(self) -> bool:
+        """True when the item was cancelled rather than failed."""
+        return self.error_type == CANCELLED
+
     def __str__(self) -> str:
+        if self.cancelled:
+            return f"item {self.index} was cancelled before it started"
         where = f" (log: {self.log})" if self.log else ""
         return f"item {self.index} failed: {self.error_type}: {self.message}{where}"
 
@@ -467,7 +474,14 @@ def failure_of(store: _core.Store, index: int, key: str) -> Failure:
 
 def summarize(failures: list[Failure], total: int) -> str:
     """A summary of every failure, then the first traceback."""
-    head = f"{len(failures)} of {total} item(s) failed:"
+    cancelled = sum(f.cancelled for f in failures)
+    failed = len(failures) - cancelled
+    if not cancelled:
+        head = f"{failed} of {total} item(s) failed:"
+    elif not failed:
+        head = f"{cancelled} of {total} item(s) were cancelled:"
+    else:
+        head = f"{failed} of {total} item(s) failed and {cancelled} were cancelled:"
     lines = [head] + [f"  {f}" for f in failures[:20]]
     if len(failures) > 20:
         lines.append(f"  ... and {len(failures) - 20} more (errors='return' gives them all)")

@@ -399,9 +399,11 @@ def test_a_job_is_cancelled_only_before_it_starts(store, trace):
     assert out[0] == 1000 and out[1] == 1001 and out[3] == 1003
     assert isinstance(out[2], rc.Failure) and out[2].error_type == "runcache.Cancelled"
     assert 2 not in counts_per_item(trace), "a cancelled item is never computed"
-    with pytest.raises(rc.SweepError, match="Cancelled"):
+    with pytest.raises(rc.SweepError, match="item 2 was cancelled before it started"):
         jobs[2].result(timeout=10)
     assert jobs[1].cancel() is False, "a completed item stays completed"
+    with pytest.raises(rc.SweepError, match="1 of 4 item.s. were cancelled:\n  item 2 was cancelled"):
+        jobs[0].sweep.results(timeout=10)
     st = jobs[0].sweep.status()
     assert (st.completed, st.cancelled, st.done) == (3, 1, 4)
     cli = subprocess.run(
