@@ -245,8 +245,12 @@ impl Store {
             digest: blob.digest.to_hex(),
             message,
         };
-        let data = match blob.inline_bytes() {
-            Some(bytes) => bytes?,
+        let (data, digest) = match blob.inline_bytes() {
+            Some(bytes) => {
+                let data = bytes?;
+                let digest = Digest::of(&data);
+                (data, digest)
+            }
             None if blob.size >= LOCAL_VERIFY_ONCE
                 && self.inner.backend.blob_path(&blob.digest).is_some() =>
             {
@@ -269,21 +273,7 @@ impl Store {
                 let Some(reader) = self.inner.backend.open_blob(&blob.digest)? else {
                     return Err(corrupt("the blob is missing from the store".into()));
                 };
-                let (data, digest) =
-                    read_and_hash(reader, blob.size).map_err(|e| corrupt(e.to_string()))?;
-                if data.len() as u64 != blob.size {
-                    self.discard_blob(blob);
-                    return Err(corrupt(format!(
-                        "size is {} bytes, the manifest says {}",
-                        data.len(),
-                        blob.size
-                    )));
-                }
-                if digest != blob.digest {
-                    self.discard_blob(blob);
-                    return Err(corrupt("content does not match its digest".into()));
-                }
-                return Ok(data);
+                read_and_hash(reader, blob.size).map_err(|e| corrupt(e.to_string()))?
             }
         };
         if data.len() as u64 != blob.size {
@@ -294,7 +284,7 @@ impl Store {
                 blob.size
             )));
         }
-        if Digest::of(&data) != blob.digest {
+        if digest != blob.digest {
             self.discard_blob(blob);
             return Err(corrupt("content does not match its digest".into()));
         }
