@@ -176,11 +176,16 @@ def _started(trace, x):
     return [n for n in os.listdir(trace) if n.startswith(f"started-{x}-")]
 
 
+def _worker_on(trace, x):
+    """The pid of the worker that started item ``x`` (waiting for it to start)."""
+    first = _wait_for(lambda: _started(trace, x))
+    return int(first[0].rsplit("-", 1)[1])
+
+
 def test_sigkill_of_a_worker_mid_item_another_worker_finishes_it(store, trace):
     items = [{"x": i, "trace": trace, "hold": 3} for i in range(8)]
     jobs = slow.map(items, executor=rc.Local(workers=2), wait=False)
-    first = _wait_for(lambda: _started(trace, 3))
-    victim = int(first[0].rsplit("-", 1)[1])
+    victim = _worker_on(trace, 3)
     # The killed worker never records anything; its lease dies with it.
     os.kill(victim, signal.SIGKILL)
     open(os.path.join(trace, "release"), "w").close()
@@ -193,8 +198,7 @@ def test_sigkill_of_a_worker_mid_item_another_worker_finishes_it(store, trace):
 def test_sigterm_of_a_worker_records_interrupted_and_the_sweep_completes(store, trace):
     items = [{"x": i, "trace": trace, "hold": 0} for i in range(3)]
     jobs = slow.map(items, executor=rc.Local(workers=1), wait=False)
-    first = _wait_for(lambda: _started(trace, 0))
-    victim = int(first[0].rsplit("-", 1)[1])
+    victim = _worker_on(trace, 0)
     os.kill(victim, signal.SIGTERM)
     entry = slow.entry(0, trace, 0)
     _wait_for(lambda: entry.status() == "interrupted" or entry.status() == "completed")
