@@ -17,7 +17,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Workers run Python callables: they live in this interpreter, not in the Rust command.
         from runcache import _worker
 
-        return _worker.run(args[1:])
+        return _worker.main(args[1:])
     # The command writes to the file descriptors directly: flush what Python has buffered.
     sys.stdout.flush()
     sys.stderr.flush()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -166,6 +167,9 @@ class Local(Executor):
         self.capacity = {str(k): float(v) for k, v in (resources or {}).items()}
         self.log_dir = log_dir
         self._procs: dict[str, list[tuple[subprocess.Popen[bytes], str, dict[str, float]]]] = {}
+        # Per sweep: read ends of the pipes whose write end each worker closes when it is done
+        # with the sweep (before its interpreter shuts down, which takes tens of ms).
+        self._done_pipes: dict[str, dict[int, subprocess.Popen[bytes]]] = {}
         self._wanted: dict[str, int] = {}
         self._started: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -230,16 +234,25 @@ class Local(Executor):
         index = self._started.get(sweep.id, 0)
         self._started[sweep.id] = index + 1
         log = os.path.join(folder, f"worker-{index}.log")
-        env = {**os.environ, **sweep.worker_env()}
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                sweep.worker_argv(worker_index=index),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        done_r, done_w = os.pipe()
+        env = {**os.environ, **sweep.worker_env(), DONE_FD: str(done_w)}
+        try:
+            with open(log, "ab") as out:
+                proc = subprocess.Popen(
+                    sweep.worker_argv(worker_index=index),
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(done_w,),
+                )
+        except BaseException:
+            os.close(done_r)
+            raise
+        finally:
+            os.close(done_w)
         self._procs.setdefault(sweep.id, []).append((proc, log, need))
+        self._done_pipes.setdefault(sweep.id, {})[done_r] = proc
         if index == 0:
             sweep.save_executor_info({"kind": "Local", "log_dir": folder})
 
@@ -248,6 +261,10 @@ class Local(Executor):
             self._top_up(sweep)
             procs = self._procs.get(sweep.id, [])
             alive = sum(p.poll() is None for p, _, _ in procs) + self._wanted.get(sweep.id, 0)
+            pipes = self._done_pipes.get(sweep.id, {})
+            for fd in [fd for fd, p in pipes.items() if p.returncode is not None]:
+                del pipes[fd]
+                os.close(fd)
             ended = [(p, log) for p, log, _ in procs if p.returncode not in (None, 0)]
             problems = [
                 f"worker pid {p.pid} exited with {_exit_text(p.returncode)} (log: {log})"
@@ -258,13 +275,17 @@ class Local(Executor):
         return WorkerState(alive=alive, problems=problems, fatal=fatal)
 
     def pause(self, sweep: "SweepHandle", seconds: float) -> None:
-        procs = [p for p, _, _ in self._procs.get(sweep.id, [])]
-        live = sum(p.poll() is None for p in procs)
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(0.01, left))
-            if sum(p.poll() is None for p in procs) < live:
-                return
+        """Returns after ``seconds``, or as soon as a worker is done with the sweep (it closed
+        its end of the pipe: it found nothing left, or it died)."""
+        pipes = self._done_pipes.get(sweep.id, {})
+        if not pipes:
+            time.sleep(seconds)
+            return
+        ready, _, _ = select.select(list(pipes), [], [], seconds)
+        for fd in ready:
+            if not os.read(fd, 64):  # end of file: that worker is done
+                del pipes[fd]
+                os.close(fd)
 
     def cancel(self, sweep: "SweepHandle") -> None:
         with self._lock:
@@ -289,6 +310,11 @@ def usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not on Linux
         return os.cpu_count() or 1
+
+
+#: Environment variable naming the file descriptor a worker closes when it is done with its
+#: sweep (set by ``Local``).
+DONE_FD = "RUNCACHE_DONE_FD"
 
 
 #: Exit status of a worker that could not set up (import the task, read the sweep).

@@ -245,5 +245,28 @@ def run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m runcache worker``."""
-    return run(list(sys.argv[2:] if argv is None else argv))
+    done_fd = _done_fd()
+    try:
+        return run(list(sys.argv[2:] if argv is None else argv))
+    finally:
+        # Closing it tells the executor that this worker is done, before the interpreter's
+        # shutdown (tens of ms), not after.
+        if done_fd is not None:
+            os.close(done_fd)
+
+
+def _done_fd() -> int | None:
+    """The descriptor ``Local`` watches, taken out of the environment and made non-inheritable
+    so that nothing the tasks start sees it."""
+    from runcache._executors import DONE_FD
+
+    value = os.environ.pop(DONE_FD, "")
+    if not value.isdigit():
+        return None
+    fd = int(value)
+    try:
+        os.set_inheritable(fd, False)
+    except OSError:  # not open: started by hand with a stale environment
+        return None
+    return fd
 

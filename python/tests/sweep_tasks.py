@@ -72,3 +72,9 @@ def computed(trace):
 def column_means(X, scale):
     """Takes a large array argument (passed to workers as a mapped blob)."""
     return (X.mean(axis=0) * scale).tolist()
+
+
+@rc.task(version="1")
+def environment_variable(name, x):
+    """The value of environment variable ``name`` where the item runs (None if unset)."""
+    return os.environ.get(name)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import runcache as rc
-from sweep_tasks import column_means, computed, flaky, hungry, slow, square
+from sweep_tasks import column_means, computed, environment_variable, flaky, hungry, slow, square
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -498,3 +498,13 @@ def test_interrupting_the_caller_stops_local_workers(store, trace):
     out = slow.map([dict(x=i, trace=trace, hold=i) for i in range(4)],
                    executor=rc.Local(workers=2), progress=False)
     assert out == [1000, 1001, 1002, 1003]
+
+
+def test_local_workers_report_done_early_without_leaking_the_pipe_to_tasks(store):
+    ex = rc.Local(workers=2)
+    jobs = environment_variable.map([("RUNCACHE_DONE_FD", i) for i in range(6)], executor=ex,
+                                    wait=False)
+    sweep = jobs[0].sweep
+    assert sweep.results(timeout=120) == [None] * 6, "tasks never see the worker's pipe"
+    _wait_for(lambda: sweep.executor.poll(sweep).alive == 0)
+    assert ex._done_pipes[sweep.id] == {}, "every pipe is closed once its worker is gone"
