@@ -81,15 +81,7 @@ fn blob_files_are_sharded_and_temp_files_never_linger() {
         .join(&key[..2])
         .join(format!("{key}.json"))
         .exists());
-    let leftovers: Vec<_> = walk(dir.path())
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(".tmp-")
-        })
-        .collect();
+    let leftovers = temporary_files(dir.path());
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -124,6 +116,19 @@ fn read_only_store_serves_hits_and_never_writes() {
         .unwrap_err();
     assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
     assert_eq!(snapshot(), before, "a read-only store was written");
+}
+
+/// The store's temporary files (`.tmp-*`) under `root`: a finished write leaves none.
+fn temporary_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    walk(root)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".tmp-")
+        })
+        .collect()
 }
 
 fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -335,15 +340,7 @@ fn records_are_files_under_records_and_leave_no_temp_files() {
             assert!(b.delete_record("sweep", &format!("r{i}")).unwrap());
         }
         assert_eq!(b.list_records("sweep").unwrap(), ["run-1"]);
-        let leftovers: Vec<_> = walk(&root)
-            .into_iter()
-            .filter(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with(".tmp-")
-            })
-            .collect();
+        let leftovers = temporary_files(&root);
         assert!(leftovers.is_empty(), "sync={sync}: {leftovers:?}");
         assert_eq!(
             fs::read_dir(root.join("records/sweep")).unwrap().count(),

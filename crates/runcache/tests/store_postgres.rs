@@ -20,19 +20,7 @@ use runcache::{Digest, Error, Store, StoreOptions};
 
 /// The test server's URL, or `None` (skip) when it is not set and we are not on CI.
 fn server() -> Option<String> {
-    match std::env::var("RUNCACHE_TEST_POSTGRES") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("the PostgreSQL test service was not started: run via scripts/test");
-            }
-            eprintln!(
-                "skipping PostgreSQL store tests: RUNCACHE_TEST_POSTGRES is not set \
-                 (eval \"$(scripts/services/postgres start)\")"
-            );
-            None
-        }
-    }
+    conformance::test_service("RUNCACHE_TEST_POSTGRES", "postgres", "PostgreSQL")
 }
 
 /// A schema name no other test (or test run) uses.

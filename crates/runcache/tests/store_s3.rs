@@ -26,18 +26,7 @@ use runcache::{Digest, Error, Status, Store, StoreOptions};
 
 /// The service's base location, or `None` (skip) when it is not running outside CI.
 fn service() -> Option<String> {
-    match std::env::var("RUNCACHE_TEST_S3") {
-        Ok(s) if !s.is_empty() => Some(s),
-        _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("the S3 test service was not started: run via scripts/test");
-            }
-            eprintln!(
-                "skipping S3 store test: RUNCACHE_TEST_S3 is not set. Start the service with: eval \"$(scripts/services/s3 start)\""
-            );
-            None
-        }
-    }
+    conformance::test_service("RUNCACHE_TEST_S3", "s3", "S3")
 }
 
 /// A fresh, unique prefix under the service's base location, with `extra` query options.

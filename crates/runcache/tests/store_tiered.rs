@@ -365,18 +365,7 @@ mod s3 {
     use super::*;
 
     fn service() -> Option<String> {
-        match std::env::var("RUNCACHE_TEST_S3") {
-            Ok(s) if !s.is_empty() => Some(s),
-            _ => {
-                if std::env::var("CI").as_deref() == Ok("true") {
-                    panic!("the S3 test service was not started: run via scripts/test");
-                }
-                eprintln!(
-                    "skipping tiered S3 test: RUNCACHE_TEST_S3 is not set. Start the service with: eval \"$(scripts/services/s3 start)\""
-                );
-                None
-            }
-        }
+        conformance::test_service("RUNCACHE_TEST_S3", "s3", "tiered S3")
     }
 
     fn fresh(base: &str, name: &str) -> String {

@@ -52,6 +52,23 @@ pub fn run_all(open: Factory<'_>) {
     sweep_items_are_cancelled_only_before_they_start(open());
 }
 
+/// The location a test service exported in `var` (by `scripts/services/<script>`), or `None`
+/// (skip, with a message) when it is not running. Under CI a missing service is a failure.
+pub fn test_service(var: &str, script: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(s) if !s.is_empty() => Some(s),
+        _ => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("the {what} test service was not started: run via scripts/test");
+            }
+            eprintln!(
+                "skipping {what} tests: {var} is not set. Start the service with: eval \"$(scripts/services/{script} start)\""
+            );
+            None
+        }
+    }
+}
+
 fn big(seed: u8) -> Vec<u8> {
     (0..20_000u32)
         .map(|i| (i as u8).wrapping_mul(seed))
