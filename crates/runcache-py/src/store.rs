@@ -46,6 +46,20 @@ fn sweep_ref(id: String, since_unix_ms: u64) -> SweepRef {
     }
 }
 
+/// The arguments every per-item sweep call takes: item keys, lookup mode, and the sweep.
+fn sweep_items(
+    keys: &[String],
+    mode: &str,
+    sweep_id: String,
+    since_unix_ms: u64,
+) -> PyResult<(Vec<Key>, Mode, SweepRef)> {
+    Ok((
+        parse_keys(keys)?,
+        mode.parse().map_err(to_py)?,
+        sweep_ref(sweep_id, since_unix_ms),
+    ))
+}
+
 fn parse_keys(keys: &[String]) -> PyResult<Vec<Key>> {
     keys.iter().map(|k| parse_key(k)).collect()
 }
@@ -347,9 +361,7 @@ impl Store {
         sweep_id: String,
         since_unix_ms: u64,
     ) -> PyResult<Vec<bool>> {
-        let mode: Mode = mode.parse().map_err(to_py)?;
-        let keys = parse_keys(&keys)?;
-        let sweep = sweep_ref(sweep_id, since_unix_ms);
+        let (keys, mode, sweep) = sweep_items(&keys, mode, sweep_id, since_unix_ms)?;
         for_each_key(py, &keys, |k| self.inner.settles(k, mode, &sweep))
     }
 
@@ -363,9 +375,7 @@ impl Store {
         sweep_id: String,
         since_unix_ms: u64,
     ) -> PyResult<Vec<String>> {
-        let mode: Mode = mode.parse().map_err(to_py)?;
-        let keys = parse_keys(&keys)?;
-        let sweep = sweep_ref(sweep_id, since_unix_ms);
+        let (keys, mode, sweep) = sweep_items(&keys, mode, sweep_id, since_unix_ms)?;
         let states = py
             .detach(|| self.inner.item_states(&keys, mode, &sweep))
             .map_err(to_py)?;
@@ -391,9 +401,7 @@ impl Store {
         sweep_id: String,
         since_unix_ms: u64,
     ) -> PyResult<Vec<bool>> {
-        let mode: Mode = mode.parse().map_err(to_py)?;
-        let keys = parse_keys(&keys)?;
-        let sweep = sweep_ref(sweep_id, since_unix_ms);
+        let (keys, mode, sweep) = sweep_items(&keys, mode, sweep_id, since_unix_ms)?;
         for_each_key(py, &keys, |k| self.inner.cancel_item(&sweep, mode, k))
     }
 
