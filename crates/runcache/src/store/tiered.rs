@@ -114,6 +114,32 @@ impl TieredBackend {
         self.tiers.iter().rev().filter(|t| !t.read_only).collect()
     }
 
+    /// Runs `f` on every writable tier (in write order); the first error, after trying all.
+    fn on_writable(&self, f: impl Fn(&dyn Backend) -> Result<()>) -> Result<()> {
+        let mut first_err = None;
+        for t in self.write_order() {
+            if let Err(e) = f(t.backend.as_ref()) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// What the nearest tier that has an answer says; an error only when no tier answers.
+    fn nearest<T>(&self, f: impl Fn(&dyn Backend) -> Result<Option<T>>) -> Result<Option<T>> {
+        let mut first_err = None;
+        for t in &self.tiers {
+            match f(t.backend.as_ref()) {
+                Ok(Some(v)) => return Ok(Some(v)),
+                Ok(None) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(None), Err)
+    }
+
     fn read_only_error(&self) -> Error {
         Error::ReadOnly {
             location: self.location(),
@@ -222,17 +248,8 @@ impl Backend for TieredBackend {
     }
 
     fn has_blob(&self, digest: &Digest) -> Result<bool> {
-        let mut first_err = None;
-        for t in &self.tiers {
-            match t.backend.has_blob(digest) {
-                Ok(true) => return Ok(true),
-                Ok(false) => {}
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        first_err.map_or(Ok(false), Err)
+        let found = self.nearest(|b| Ok(b.has_blob(digest)?.then_some(())))?;
+        Ok(found.is_some())
     }
 
     fn put_blob(&self, digest: &Digest, data: &[u8]) -> Result<()> {
@@ -282,17 +299,7 @@ impl Backend for TieredBackend {
     }
 
     fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        let mut first_err = None;
-        for t in &self.tiers {
-            match t.backend.blob_size(digest) {
-                Ok(Some(s)) => return Ok(Some(s)),
-                Ok(None) => {}
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        first_err.map_or(Ok(None), Err)
+        self.nearest(|b| b.blob_size(digest))
     }
 
     fn blob_path(&self, digest: &Digest) -> Option<PathBuf> {
@@ -312,13 +319,7 @@ impl Backend for TieredBackend {
     }
 
     fn delete_blob(&self, digest: &Digest) -> Result<()> {
-        let mut first_err = None;
-        for t in self.write_order() {
-            if let Err(e) = t.backend.delete_blob(digest) {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        self.on_writable(|b| b.delete_blob(digest))
     }
 
     fn list_blobs(&self) -> Result<Vec<BlobInfo>> {
@@ -396,17 +397,10 @@ impl Backend for TieredBackend {
     }
 
     fn delete_manifest(&self, key: &Key) -> Result<()> {
-        let order = self.write_order();
-        if order.is_empty() {
+        if self.write_order().is_empty() {
             return Err(self.read_only_error());
         }
-        let mut first_err = None;
-        for t in order {
-            if let Err(e) = t.backend.delete_manifest(key) {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        self.on_writable(|b| b.delete_manifest(key))
     }
 
     fn list_manifests(&self) -> Result<Vec<Key>> {
@@ -433,13 +427,7 @@ impl Backend for TieredBackend {
     }
 
     fn touch(&self, key: &Key, unix_ms: u64) -> Result<()> {
-        let mut first_err = None;
-        for t in self.write_order() {
-            if let Err(e) = t.backend.touch(key, unix_ms) {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        self.on_writable(|b| b.touch(key, unix_ms))
     }
 
     fn last_used(&self, key: &Key) -> Result<Option<u64>> {
@@ -464,13 +452,7 @@ impl Backend for TieredBackend {
     }
 
     fn forget_usage(&self, key: &Key) -> Result<()> {
-        let mut first_err = None;
-        for t in self.write_order() {
-            if let Err(e) = t.backend.forget_usage(key) {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        self.on_writable(|b| b.forget_usage(key))
     }
 
     fn leases(&self) -> Arc<dyn LeaseBackend> {
