@@ -128,7 +128,7 @@ class Inline:
         finally:
             bar.close()
         if not wait:
-            return [_sweep.Job(store, i, k, mmap=opts.get("mmap", True)) for i, k in enumerate(keys)]
+            return _sweep.jobs_of(store, keys, None, opts.get("mmap", True))
         if failures and errors == "raise":
             raise _sweep.SweepError(_sweep.summarize(failures, len(keys)), failures, results)
         return results

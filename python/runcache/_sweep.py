@@ -203,13 +203,14 @@ class SweepHandle:
         record: dict[str, Any],
         executor: Executor | None = None,
         queued: int | None = None,
+        keys: list[str] | None = None,
     ) -> None:
         self.store = store
         self.location = location
         self.record = record
         self.executor = executor
         self._queued = queued
-        self._keys: list[str] | None = None
+        self._keys = keys
         self._cancelling = False
 
     def __repr__(self) -> str:
@@ -227,7 +228,7 @@ class SweepHandle:
 
     @property
     def queued(self) -> int:
-        """Items that needed computing when the sweep was submitted (or now, if reattached)."""
+        """Items to compute as of submission, of the last relaunch, or now if reattached."""
         if self._queued is None:
             self._queued = self.status().queued
         return self._queued
@@ -347,6 +348,7 @@ class SweepHandle:
                             f"{st.queued} item(s) left; starting workers again"
                             + "".join(f"\n  {p}" for p in _shown(ws.problems))
                         )
+                        self._queued = st.queued  # the relaunch is sized from what is left
                         self.executor.launch(self)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(
@@ -398,9 +400,9 @@ class SweepHandle:
         cancelled = set(self.store.cancelled_keys(self.id))
         return collect(self.store, self.keys, errors, mmap, cancelled)
 
-    def jobs(self) -> list["Job"]:
+    def jobs(self, mmap: bool = True) -> list["Job"]:
         """One :class:`Job` per item, in order."""
-        return [Job(self.store, i, k, self) for i, k in enumerate(self.keys)]
+        return jobs_of(self.store, self.keys, self, mmap)
 
     def cancel(self) -> int:
         """Cancels the sweep: no item starts any more, and when this handle has the executor
@@ -555,6 +557,13 @@ class Job:
         return self.store.cancel_items([self.key], rec["mode"], rec["id"], rec["created_unix_ms"])[0]
 
 
+def jobs_of(
+    store: _core.Store, keys: Sequence[str], sweep: SweepHandle | None, mmap: bool
+) -> list[Job]:
+    """One :class:`Job` per key, in order (``sweep`` None: everything was settled already)."""
+    return [Job(store, i, k, sweep, mmap) for i, k in enumerate(keys)]
+
+
 def logs_of(store: _core.Store, key: str) -> str:
     """The captured output stored with an entry, or '' if there is none."""
     try:
@@ -570,10 +579,10 @@ def submit(
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
     executor: Executor,
     opts: dict[str, Any],
-) -> tuple[SweepHandle | None, list[str], int]:
+) -> tuple[SweepHandle | None, list[str]]:
     """Writes a sweep for ``calls`` when some are unsettled and starts its workers.
 
-    Returns (handle or None when every item is already settled, keys, items queued).
+    Returns (handle, or None when every item is already settled; the item keys).
     """
     from runcache import _worker
 
@@ -598,7 +607,7 @@ def submit(
     )
     queued = states.count(False)
     if queued == 0:
-        return None, keys, 0
+        return None, keys
     runner = task._runner()
     record = {
         "format": 1,
@@ -615,10 +624,9 @@ def submit(
         "executor": {"kind": type(executor).__name__},
     }
     store.save_sweep(json.dumps(record))
-    handle = SweepHandle(store, _config.store_location(opts), record, executor, queued)
-    handle._keys = keys
+    handle = SweepHandle(store, _config.store_location(opts), record, executor, queued, keys)
     executor.launch(handle)
-    return handle, keys, queued
+    return handle, keys
 
 
 def sweep(sweep_id: str, store: Any = None, executor: Executor | None = None) -> SweepHandle:

@@ -222,7 +222,7 @@ class Task(Generic[R]):
 
     def key(self, *args: Any, **kwargs: Any) -> str:
         """The entry key (64 hex digits) of this call."""
-        return _core.compute_key(self.name, self._key_version, self._bound(args, kwargs))
+        return self._key_of(args, kwargs)
 
     def entry(self, *args: Any, **kwargs: Any) -> Entry:
         """A handle on the entry of this call (which may not exist yet)."""
@@ -326,16 +326,18 @@ class Task(Generic[R]):
         log_path: str,
         capture: Callable[[], Any],
     ) -> str:
-        """A worker's claim of one sweep item (see ``_core.Store.claim``)."""
-        bound = self._bound(args, kwargs)
-        mine = _core.compute_key(self.name, self._key_version, bound)
-        if mine != key:
-            raise RuntimeError(
-                f"item key mismatch for {self.name}: the sweep has {key[:12]}, this worker "
-                f"computes {mine[:12]} from the same arguments; the worker's code differs from "
-                "the submitter's"
-            )
+        """A worker's claim of one sweep item (see ``_core.Store.claim``). Only an item the
+        worker is about to compute is bound and checked: ``doc`` runs after the lease is won."""
+
         def doc() -> str:
+            bound = self._bound(args, kwargs)
+            mine = _core.compute_key(self.name, self._key_version, bound)
+            if mine != key:
+                raise RuntimeError(
+                    f"item key mismatch for {self.name}: the sweep has {key[:12]}, this worker "
+                    f"computes {mine[:12]} from the same arguments; the worker's code differs "
+                    "from the submitter's"
+                )
             return _core.key_document(self.name, self._key_version, bound)
 
         compute = self._compute(store, args, kwargs, capture=capture)
@@ -381,15 +383,15 @@ class Task(Generic[R]):
         if isinstance(executor, _executors.Inline):
             return executor.run(self, calls, opts, progress=progress, wait=wait, errors=errors)
         _executors.check(executor)
-        handle, keys, _ = _sweep.submit(self, calls, executor, opts)
+        handle, keys = _sweep.submit(self, calls, executor, opts)
         if handle is None:
             # Everything is settled already: no sweep is written, nothing starts.
             store = _config.open_store(opts)
             if not wait:
-                return [_sweep.Job(store, i, k, mmap=opts.get("mmap", True)) for i, k in enumerate(keys)]
+                return _sweep.jobs_of(store, keys, None, opts.get("mmap", True))
             return _sweep.collect(store, keys, errors, opts.get("mmap", True))
         if not wait:
-            return handle.jobs()
+            return handle.jobs(opts.get("mmap", True))
         return handle.results(errors=errors, progress=progress, mmap=opts.get("mmap", True))
 
     def submit(self, *args: Any, executor: Any = None, **kwargs: Any) -> Any:
@@ -403,10 +405,10 @@ class Task(Generic[R]):
         if isinstance(executor, _executors.Inline):
             return executor.run(self, calls, opts, progress=False, wait=False, errors="return")[0]
         _executors.check(executor)
-        handle, keys, _ = _sweep.submit(self, calls, executor, opts)
+        handle, keys = _sweep.submit(self, calls, executor, opts)
         if handle is None:
-            return _sweep.Job(_config.open_store(opts), 0, keys[0], mmap=opts.get("mmap", True))
-        return handle.jobs()[0]
+            return _sweep.jobs_of(_config.open_store(opts), keys, None, opts.get("mmap", True))[0]
+        return handle.jobs(opts.get("mmap", True))[0]
 
     # -- calling -------------------------------------------------------------------------
 

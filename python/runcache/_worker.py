@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from runcache import _config
+from runcache._executors import WORKER_SETUP_FAILED
 
 
 #: True while a worker runs the submitter's script to find its task: a sweep started at that
@@ -164,19 +165,19 @@ def run(argv: list[str]) -> int:
     runner = record.get("runner") or {}
     if runner.get("kind") != "python":
         _say(f"sweep {args.sweep} has no Python runner; nothing this worker can run")
-        return 2
+        return WORKER_SETUP_FAILED
     try:
         task = load_callable(runner)
     except Exception as e:  # noqa: BLE001 - reported with the fix, then exit
         _say(f"cannot import the task of sweep {args.sweep}: {type(e).__name__}: {e}")
-        return 2
+        return WORKER_SETUP_FAILED
     if (task.name, task._key_version) != (record["namespace"], record["version"]):
         _say(
             f"this worker's code defines {task.name} version {task._key_version}, but sweep "
             f"{args.sweep} was submitted for {record['namespace']} version {record['version']}: "
             "run the worker with the submitter's code (same files, same PYTHONPATH)"
         )
-        return 2
+        return WORKER_SETUP_FAILED
     calls = store.get_value(json.dumps(record["payload"]))
     keys = store.sweep_keys(args.sweep)
     n = len(keys)
