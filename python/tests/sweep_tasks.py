@@ -35,12 +35,14 @@ def flaky(x, trace):
 
 @rc.task(version="1")
 def slow(x, trace, hold=None):
-    """Writes `started-<x>-<pid>`; on the item `hold` it waits until `release` exists (or 60 s)
-    the first time, so a test can kill it mid-item."""
+    """Writes `started-<x>-<pid>`; on the item `hold` it waits until the test creates `release`,
+    so a test can kill it mid-item (and fails after 60 s if the test never does)."""
     open(os.path.join(trace, f"started-{x}-{os.getpid()}"), "w").close()
-    if x == hold and not os.path.exists(os.path.join(trace, "released")):
+    if x == hold:
         deadline = time.time() + 60
-        while time.time() < deadline and not os.path.exists(os.path.join(trace, "release")):
+        while not os.path.exists(os.path.join(trace, "release")):
+            if time.time() > deadline:
+                raise RuntimeError("the test never created `release`")
             time.sleep(0.05)
     _note(trace, "computed", f"{x} {os.getpid()}")
     return x + 1000

@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+import runcache as rc
 from runcache import _slurm
 from runcache._slurm import Slurm
 
@@ -215,6 +216,8 @@ def fake_slurm(tmp_path, monkeypatch, max_array_size=1001, accounting="accountin
         def show(fn):
             sys.stdout.write(open(os.path.join(d, fn)).read())
         if name == "sbatch":
+            with open(os.path.join(d, "offsets"), "a") as f:
+                f.write(os.environ.get("RUNCACHE_TASK_OFFSET", "-") + "\\n")
             if {sbatch_fails!r}:
                 sys.stderr.write("sbatch: error: Batch job submission failed: Invalid partition name specified\\n")
                 sys.exit(1)
@@ -281,6 +284,8 @@ def test_launch_splits_above_max_array_size(tmp_path, monkeypatch):
     assert sbatch == [["--parsable", "--array=0-3"]] * 2 + [["--parsable", "--array=0-1"]]
     assert sweep.executor_info["job_ids"] == ["100", "101", "102"]
     assert sweep.executor_info["tasks"] == [4, 4, 2]
+    # Each array's workers are told how many tasks came before it (their walks start apart).
+    assert (tmp_path / "offsets").read_text().split() == ["0", "4", "8"]
     # config read once per executor
     assert sum(1 for c in calls() if c[:3] == ["scontrol", "show", "config"]) == 1
 
@@ -640,3 +645,10 @@ def test_fatal_when_every_worker_failed_to_set_up(tmp_path, monkeypatch):
     )
     st2 = ex2.poll(sweep2)
     assert st2.alive == 0 and not st2.fatal
+
+
+def test_only_local_workers_stop_when_the_waiting_caller_is_interrupted():
+    # Local workers live with the caller; cluster jobs and hand-started workers outlive it.
+    assert rc.Local().stop_on_interrupt
+    assert not Slurm().stop_on_interrupt
+    assert not rc.Manual().stop_on_interrupt

@@ -11,6 +11,8 @@ import time
 import pytest
 
 import runcache as rc
+from runcache import _config
+from runcache._executors import WorkerState
 from sweep_tasks import column_means, computed, environment_variable, flaky, hungry, slow, square
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -52,10 +54,14 @@ def test_local_workers_compute_each_item_exactly_once(store, trace):
     assert max(per_item.values()) == 1
     pids = {pid for _, pid in computed(trace)}
     assert os.getpid() not in pids  # computed by worker processes
-    # The same sweep again computes nothing and writes no new sweep.
-    again = square.map(items, executor=rc.Local(workers=2))
+    # The same sweep again computes nothing, writes no new sweep and starts no worker.
+    sweeps = len(_config.open_store({"store": str(store)}).sweeps())
+    idle = rc.Local(workers=2)
+    again = square.map(items, executor=idle)
     assert again == results
     assert len(computed(trace)) == 200
+    assert len(_config.open_store({"store": str(store)}).sweeps()) == sweeps
+    assert idle._procs == {}
 
 
 def test_failures_are_summarized_or_returned(store, trace):
@@ -201,7 +207,11 @@ def test_sigterm_of_a_worker_records_interrupted_and_the_sweep_completes(store, 
     victim = _worker_on(trace, 0)
     os.kill(victim, signal.SIGTERM)
     entry = slow.entry(0, trace, 0)
-    _wait_for(lambda: entry.status() == "interrupted" or entry.status() == "completed")
+    _wait_for(lambda: entry.status() == "interrupted")
+    # Recorded interrupted and queued again: nothing restarts workers until the caller waits.
+    st = jobs[0].sweep.status()
+    assert (st.interrupted, st.pending, st.queued, st.running) == (1, 2, 3, 0)
+    assert [i["state"] for i in st.items] == ["interrupted"]
     open(os.path.join(trace, "release"), "w").close()
     # The executor sees its only worker gone with items left and starts workers again.
     assert jobs[0].sweep.results(timeout=120) == [1000, 1001, 1002]
@@ -444,7 +454,7 @@ class _DeadArray(rc.Executor):
 
     def poll(self, sweep):
         problems = [f"task {i}: FAILED (log: /logs/{i}.out)" for i in range(25)]
-        return rc._executors.WorkerState(alive=0, problems=problems, fatal=True)
+        return WorkerState(alive=0, problems=problems, fatal=True)
 
     def cancel(self, sweep):
         pass
@@ -458,7 +468,7 @@ def test_a_stall_report_shows_the_first_problems_and_counts_the_rest(store, trac
     assert "task 9: FAILED (log: /logs/9.out)" in text
     assert "task 10:" not in text
     assert "... and 15 more" in text
-    assert "python" in text and "worker" in text, "the message gives the worker command"
+    assert "-m runcache worker" in text and "--sweep" in text, "it gives the worker command"
 
 
 INTERRUPTED = """
@@ -508,3 +518,30 @@ def test_local_workers_report_done_early_without_leaking_the_pipe_to_tasks(store
     assert sweep.results(timeout=120) == [None] * 6, "tasks never see the worker's pipe"
     _wait_for(lambda: sweep.executor.poll(sweep).alive == 0)
     assert ex._done_pipes[sweep.id] == {}, "every pipe is closed once its worker is gone"
+
+
+class _Dying(rc.Executor):
+    """An executor whose workers all die at once, every time; records what each launch was
+    asked to start. The first launch computes item 0 here, as a worker would before dying."""
+
+    def __init__(self, trace):
+        self.trace = trace
+        self.launched = []
+
+    def launch(self, sweep):
+        self.launched.append(sweep.queued)
+        if len(self.launched) == 1:
+            square(0, self.trace)
+
+    def poll(self, sweep):
+        return WorkerState(alive=0, problems=["worker died"])
+
+    def cancel(self, sweep):
+        pass
+
+
+def test_dead_workers_are_relaunched_twice_for_what_is_left_then_stall(store, trace):
+    ex = _Dying(trace)
+    with pytest.raises(rc.SweepStalled, match="2 item.s. are unfinished"):
+        square.map([{"x": i, "trace": trace} for i in range(3)], executor=ex, progress=False)
+    assert ex.launched == [3, 2, 2], "the first launch for all 3, then two for the 2 left"
