@@ -188,12 +188,6 @@ pub enum Claim {
     Computed(Status),
 }
 
-/// The sweep item a worker computes: which sweep, and the file its output was captured to.
-struct SweepItem<'a> {
-    sweep: &'a SweepRef,
-    log: Option<&'a Path>,
-}
-
 /// What the store says about a key, given the mode.
 enum Check<T> {
     Hit(T),
@@ -471,10 +465,19 @@ impl Task {
         let out = self.compute_and_commit(
             key,
             doc,
-            |ctx: &mut Context| f(ctx).inspect_err(|failure| interrupted = failure.interrupted),
+            |ctx: &mut Context| {
+                let out = f(ctx).inspect_err(|failure| interrupted = failure.interrupted);
+                // The item's captured output is kept with its entry, failed ones too.
+                if let Some(log) = log.filter(|p| p.metadata().is_ok_and(|m| m.len() > 0)) {
+                    if let Err(e) = ctx.add_artifact_file(LOG_ARTIFACT, log.to_path_buf()) {
+                        log::warn!("runcache: the output of {key} is not kept: {e}");
+                    }
+                }
+                out
+            },
             codec,
             replace,
-            Some(SweepItem { sweep, log }),
+            Some(&sweep.id),
         );
         release(guard);
         match out {
@@ -599,7 +602,7 @@ impl Task {
         f: F,
         codec: &dyn ValueCodec<T>,
         replace: bool,
-        item: Option<SweepItem>,
+        sweep: Option<&str>,
     ) -> Result<T>
     where
         F: FnOnce(&mut Context) -> std::result::Result<T, Failure>,
@@ -609,14 +612,8 @@ impl Task {
         context::push_frame();
         let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut ctx)));
         let dependencies = context::pop_frame();
-        let log = item.as_ref().and_then(|i| i.log);
-        if let Some(log) = log.filter(|p| p.metadata().is_ok_and(|m| m.len() > 0)) {
-            ctx.artifacts.retain(|(n, _)| n != LOG_ARTIFACT);
-            ctx.artifacts
-                .push((LOG_ARTIFACT.to_string(), log.to_path_buf()));
-        }
         let mut manifest = self.manifest_for(key, doc, Status::Completed);
-        manifest.sweep = item.map(|i| i.sweep.id.clone());
+        manifest.sweep = sweep.map(str::to_string);
         manifest.duration_s = t0.elapsed().as_secs_f64();
         manifest.dependencies = dependencies;
         match outcome {
