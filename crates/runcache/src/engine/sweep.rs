@@ -304,6 +304,8 @@ impl Store {
     /// The item keys of a sweep, in item order.
     pub fn sweep_keys(&self, record: &SweepRecord) -> Result<Vec<Key>> {
         let expected = record.count * 32;
+        // Checked before reading: read_blob would delete a blob whose size disagrees, and a
+        // record with a wrong count must not destroy a key list other sweeps may share.
         let size = self.backend().blob_size(&record.keys)?;
         if size != Some(expected) {
             return Err(Error::Invalid(format!(

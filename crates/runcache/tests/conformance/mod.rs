@@ -1059,6 +1059,20 @@ pub fn sweep_items_are_cancelled_only_before_they_start(store: Store) {
     assert!(!store.is_cancelled(&other, &keys[2]).unwrap());
     assert!(store.delete_sweep("conf-cancel-1").unwrap());
     assert!(store.cancelled_items(&sweep).unwrap().is_empty());
+    // A key list that does not match its record is reported, with what to do.
+    let damaged = SweepRecord {
+        count: 5,
+        ..record.clone()
+    };
+    match store.sweep_keys(&damaged) {
+        Err(Error::Invalid(m)) => assert!(m.contains("resubmit the sweep"), "{m}"),
+        other => panic!("a damaged key list must be refused: {other:?}"),
+    }
+    assert_eq!(
+        store.sweep_keys(&record).unwrap(),
+        keys,
+        "and the good list is kept"
+    );
     let long = SweepRecord {
         id: "x".repeat(runcache::MAX_SWEEP_ID + 1),
         ..record
