@@ -8,6 +8,7 @@
 //! same truth.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -341,8 +342,8 @@ impl Store {
             ..Default::default()
         };
         for (index, key) in keys.into_iter().enumerate() {
-            let item = self.item_status(index as u64, key, mode, &sweep, &cancelled)?;
-            let counter = match item.state {
+            let (state, manifest) = self.item_state(&key, mode, &sweep, &cancelled)?;
+            let counter = match state {
                 ItemState::Pending => &mut status.pending,
                 ItemState::Running => &mut status.running,
                 ItemState::Completed => &mut status.completed,
@@ -352,8 +353,10 @@ impl Store {
                 ItemState::Cancelled => &mut status.cancelled,
             };
             *counter += 1;
-            if all_items || matches!(item.state, ItemState::Failed | ItemState::Interrupted) {
-                status.items.push(item);
+            if all_items || matches!(state, ItemState::Failed | ItemState::Interrupted) {
+                status
+                    .items
+                    .push(self.describe(index as u64, key, state, manifest.as_deref()));
             }
         }
         Ok(status)
@@ -377,77 +380,70 @@ impl Store {
     ) -> Result<Vec<ItemState>> {
         let cancelled = self.cancelled_items(sweep)?;
         keys.iter()
-            .map(|key| Ok(self.item_status(0, *key, mode, sweep, &cancelled)?.state))
+            .map(|key| Ok(self.item_state(key, mode, sweep, &cancelled)?.0))
             .collect()
     }
 
-    fn item_status(
+    /// The state of one item, and its entry if there is one. Only an unsettled item's lease is
+    /// looked at: the cost follows the sweep, not the number of leases in the store.
+    fn item_state(
         &self,
-        index: u64,
-        key: Key,
+        key: &Key,
         mode: Mode,
         sweep: &SweepRef,
         cancelled: &HashSet<Key>,
-    ) -> Result<ItemStatus> {
-        let mut item = ItemStatus {
-            index,
-            key,
-            state: ItemState::Pending,
-            error: None,
-            host: None,
-            log: None,
-        };
-        let manifest = match self.lookup(&key)? {
+    ) -> Result<(ItemState, Option<Arc<Manifest>>)> {
+        let manifest = match self.lookup(key)? {
             Lookup::Found(m) => Some(m),
             _ => None,
         };
-        if let Some(m) = &manifest {
-            item.host = Some(m.host.clone());
-            item.error = m
-                .error
-                .as_ref()
-                .map(|e| format!("{}: {}", e.error_type, e.message));
-            item.log = m
-                .artifacts
-                .iter()
-                .find(|a| a.name == LOG_ARTIFACT)
+        let state = match manifest.as_deref() {
+            Some(m) if settles_item(mode, sweep, m) => match m.status {
+                Status::Completed if m.sweep.as_deref() == Some(sweep.id.as_str()) => {
+                    ItemState::Completed
+                }
+                Status::Completed => ItemState::Cached,
+                _ => ItemState::Failed,
+            },
+            _ if cancelled.contains(key) => ItemState::Cancelled,
+            _ if self
+                .leases()
+                .view(key)?
+                .is_some_and(|v| v.alive != Some(false)) =>
+            {
+                ItemState::Running
+            }
+            Some(m) if m.status == Status::Interrupted => ItemState::Interrupted,
+            _ => ItemState::Pending,
+        };
+        Ok((state, manifest))
+    }
+
+    /// What `runcache status` shows of one item: its state, and where its entry came from (the
+    /// error only when it is this item's: failed, or interrupted).
+    fn describe(
+        &self,
+        index: u64,
+        key: Key,
+        state: ItemState,
+        manifest: Option<&Manifest>,
+    ) -> ItemStatus {
+        let own_error = matches!(state, ItemState::Failed | ItemState::Interrupted);
+        ItemStatus {
+            index,
+            key,
+            state,
+            error: manifest
+                .and_then(|m| m.error.as_ref())
+                .filter(|_| own_error)
+                .map(|e| format!("{}: {}", e.error_type, e.message)),
+            host: manifest.map(|m| m.host.clone()),
+            log: manifest
+                .and_then(|m| m.artifacts.iter().find(|a| a.name == LOG_ARTIFACT))
                 .map(|a| match self.backend().blob_path(&a.digest) {
                     Some(p) => p.display().to_string(),
                     None => format!("runcache logs {}", key.to_hex()),
-                });
-            if settles_item(mode, sweep, m) {
-                item.state = match m.status {
-                    Status::Completed if m.sweep.as_deref() == Some(sweep.id.as_str()) => {
-                        ItemState::Completed
-                    }
-                    Status::Completed => ItemState::Cached,
-                    _ => ItemState::Failed,
-                };
-                return Ok(item);
-            }
+                }),
         }
-        if cancelled.contains(&key) {
-            item.state = ItemState::Cancelled;
-            item.error = None;
-            return Ok(item);
-        }
-        // Only an unsettled item's lease is looked at: the cost follows the sweep, not the
-        // number of leases in the store.
-        let running = self
-            .leases()
-            .view(&key)?
-            .is_some_and(|v| v.alive != Some(false));
-        item.state = if running {
-            ItemState::Running
-        } else if manifest.is_some_and(|m| m.status == Status::Interrupted) {
-            ItemState::Interrupted
-        } else {
-            ItemState::Pending
-        };
-        if item.state != ItemState::Interrupted {
-            // An older failure that this sweep redoes is not this item's error.
-            item.error = None;
-        }
-        Ok(item)
     }
 }
