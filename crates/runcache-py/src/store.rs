@@ -38,12 +38,10 @@ fn for_each_key<T: Send>(
         .map_err(to_py)
 }
 
-/// The engine's view of sweep `id` submitted at `since_unix_ms`.
+/// The engine's view of sweep `id` submitted at `since_unix_ms`, judging completed entries as
+/// calls do (a dependency whose version changed makes an entry stale).
 fn sweep_ref(id: String, since_unix_ms: u64) -> SweepRef {
-    SweepRef {
-        id,
-        submitted_unix_ms: since_unix_ms,
-    }
+    SweepRef::new(id, since_unix_ms).with_validator(Arc::new(stale_dependency))
 }
 
 /// The arguments every per-item sweep call takes: item keys, lookup mode, and the sweep.

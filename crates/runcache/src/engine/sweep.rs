@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::store::{Lookup, Store};
-use super::task::{Mode, LOG_ARTIFACT};
+use super::task::{Mode, Validator, LOG_ARTIFACT};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -77,10 +77,7 @@ impl SweepRecord {
 
     /// Which sweep this is, for [`settles_item`].
     pub fn sweep_ref(&self) -> SweepRef {
-        SweepRef {
-            id: self.id.clone(),
-            submitted_unix_ms: self.created_unix_ms,
-        }
+        SweepRef::new(self.id.clone(), self.created_unix_ms)
     }
 
     /// Every blob the sweep needs (gc keeps them while the record exists).
@@ -90,20 +87,60 @@ impl SweepRecord {
 }
 
 /// A sweep as its items' entries see it: the entries its workers compute carry its id.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct SweepRef {
     /// The sweep's id.
     pub id: String,
     /// When it was submitted (unix ms, the submitter's clock).
     pub submitted_unix_ms: u64,
+    /// Judges completed entries as a task's calls do (e.g. a dependency's version changed): a
+    /// completed entry it rejects does not settle the item, so workers recompute it and every
+    /// status reader agrees.
+    pub validator: Option<Validator>,
+}
+
+impl SweepRef {
+    /// Sweep `id`, submitted at `submitted_unix_ms`, with no validator.
+    pub fn new(id: impl Into<String>, submitted_unix_ms: u64) -> Self {
+        SweepRef {
+            id: id.into(),
+            submitted_unix_ms,
+            validator: None,
+        }
+    }
+
+    /// The same sweep, judging completed entries with `validator`.
+    pub fn with_validator(mut self, validator: Validator) -> Self {
+        self.validator = Some(validator);
+        self
+    }
+}
+
+impl std::fmt::Debug for SweepRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SweepRef")
+            .field("id", &self.id)
+            .field("submitted_unix_ms", &self.submitted_unix_ms)
+            .field("validator", &self.validator.is_some())
+            .finish()
+    }
 }
 
 /// Whether a stored entry settles an item of `sweep` in `mode`. Completed and failed entries
 /// are final, except that `retry` redoes failures and `force` redoes everything that is not
 /// *fresh*: computed by the sweep's own workers (told by the id they record, so clock skew
 /// between machines cannot make a sweep redo its own work), or recorded by anyone strictly
-/// after the submission. Interrupted entries never settle an item.
+/// after the submission. Interrupted entries never settle an item, nor completed ones the
+/// sweep's validator rejects.
 pub fn settles_item(mode: Mode, sweep: &SweepRef, manifest: &Manifest) -> bool {
+    if manifest.status == Status::Completed
+        && sweep
+            .validator
+            .as_ref()
+            .is_some_and(|v| v(manifest).is_some())
+    {
+        return false;
+    }
     let fresh = manifest.sweep.as_deref() == Some(sweep.id.as_str())
         || manifest.created_unix_ms > sweep.submitted_unix_ms;
     match (manifest.status, mode) {

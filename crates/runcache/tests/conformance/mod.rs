@@ -836,10 +836,7 @@ pub fn sweep_items_are_claimed_and_reported(store: Store) {
     assert_eq!(claim(keys[1], &failing, None), Claim::Done(Status::Failed));
     // A retry sweep submitted later redoes the failure; the sweep that recorded it does not.
     let retry = task.clone().mode(Mode::Retry);
-    let later = SweepRef {
-        id: "conf-sweep-2".into(),
-        submitted_unix_ms: now_ms() + 1_000,
-    };
+    let later = SweepRef::new("conf-sweep-2", now_ms() + 1_000);
     assert_eq!(
         retry
             .claim_keyed(keys[1], &sweep, &doc, &Raw, None, |_| failing())
@@ -966,13 +963,22 @@ pub fn sweep_tells_its_own_work_by_id_not_by_clock(store: Store) {
     );
     let status = store.sweep_status(&record, false).unwrap();
     assert_eq!((status.cached, status.completed), (1, 1));
+    // A completed entry the sweep's validator rejects (stale, as a call would judge it) does
+    // not settle its item: readers see it pending, as the worker that recomputes it does.
+    let strict = sweep
+        .clone()
+        .with_validator(std::sync::Arc::new(|_: &Manifest| {
+            Some("stale".to_string())
+        }));
+    assert!(!store.settles(&keys[1], Mode::Cached, &strict).unwrap());
+    assert_eq!(
+        store.item_states(&keys, Mode::Cached, &strict).unwrap(),
+        vec![ItemState::Pending, ItemState::Pending]
+    );
 
     // A force sweep submitted "an hour from now" by a machine whose clock runs ahead.
     let force = task.clone().mode(Mode::Force);
-    let ahead = SweepRef {
-        id: "conf-clock-2".into(),
-        submitted_unix_ms: now_ms() + 3_600_000,
-    };
+    let ahead = SweepRef::new("conf-clock-2", now_ms() + 3_600_000);
     let computed = AtomicUsize::new(0);
     for _ in 0..3 {
         force
@@ -1052,10 +1058,7 @@ pub fn sweep_items_are_cancelled_only_before_they_start(store: Store) {
     assert_eq!((status.completed, status.cancelled), (2, 2));
     assert!(status.drained());
     // Another sweep over the same keys is not affected by these cancellations.
-    let other = SweepRef {
-        id: "conf-cancel-2".into(),
-        submitted_unix_ms: now_ms(),
-    };
+    let other = SweepRef::new("conf-cancel-2", now_ms());
     assert!(!store.is_cancelled(&other, &keys[2]).unwrap());
     assert!(store.delete_sweep("conf-cancel-1").unwrap());
     assert!(store.cancelled_items(&sweep).unwrap().is_empty());
