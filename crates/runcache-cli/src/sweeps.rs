@@ -33,7 +33,7 @@ pub fn status(cli: &Cli, store: &Store, sweep: Option<&str>) -> Result<i32> {
                     r.id.clone(),
                     r.namespace.clone(),
                     age(r.created_unix_ms),
-                    format!("{}/{}", settled(s), s.total),
+                    format!("{}/{}", s.settled(), s.total),
                     counts(s),
                 ]
             })
@@ -54,7 +54,7 @@ pub fn status(cli: &Cli, store: &Store, sweep: Option<&str>) -> Result<i32> {
         record.mode,
         age(record.created_unix_ms)
     );
-    println!("{}/{} done: {}", settled(&s), s.total, counts(&s));
+    println!("{}/{} done: {}", s.settled(), s.total, counts(&s));
     if let Some(dir) = record.executor.get("log_dir").and_then(|v| v.as_str()) {
         println!("worker logs: {dir}");
     }
@@ -74,10 +74,6 @@ pub fn status(cli: &Cli, store: &Store, sweep: Option<&str>) -> Result<i32> {
         }
     }
     Ok(0)
-}
-
-fn settled(s: &SweepStatus) -> u64 {
-    s.completed + s.cached + s.failed + s.cancelled
 }
 
 fn counts(s: &SweepStatus) -> String {

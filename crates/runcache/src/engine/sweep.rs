@@ -222,9 +222,14 @@ pub struct SweepStatus {
 }
 
 impl SweepStatus {
-    /// True when every item is settled (completed, cached, failed or cancelled).
+    /// Items settled: completed, cached, failed or cancelled.
+    pub fn settled(&self) -> u64 {
+        self.completed + self.cached + self.failed + self.cancelled
+    }
+
+    /// True when every item is settled.
     pub fn drained(&self) -> bool {
-        self.completed + self.cached + self.failed + self.cancelled == self.total
+        self.settled() == self.total
     }
 }
 
