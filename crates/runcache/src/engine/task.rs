@@ -368,15 +368,7 @@ impl Task {
                         }
                         Check::Compute { replace: r } => r || replace,
                     };
-                    let doc = doc()?;
-                    let hook_store = self.store.clone();
-                    let hook_manifest = self.manifest_for(key, doc.clone(), Status::Interrupted);
-                    guard.set_interrupt_hook(Box::new(move || {
-                        record_interrupted(&hook_store, hook_manifest)
-                    }));
-                    let out = self.compute_and_commit(key, doc, f, codec, replace, None);
-                    release(guard);
-                    return out;
+                    return self.compute_leased(guard, key, doc()?, f, codec, replace, None);
                 }
                 Acquire::Busy(holder) => {
                     if let Some(limit) = self.wait_timeout {
@@ -454,17 +446,11 @@ impl Task {
             release(guard);
             return Ok(Claim::Cancelled);
         }
-        let doc = doc()?;
-        let hook_store = self.store.clone();
-        let mut hook_manifest = self.manifest_for(key, doc.clone(), Status::Interrupted);
-        hook_manifest.sweep = Some(sweep.id.clone());
-        guard.set_interrupt_hook(Box::new(move || {
-            record_interrupted(&hook_store, hook_manifest)
-        }));
         let mut interrupted = false;
-        let out = self.compute_and_commit(
+        let out = self.compute_leased(
+            guard,
             key,
-            doc,
+            doc()?,
             |ctx: &mut Context| {
                 let out = f(ctx).inspect_err(|failure| interrupted = failure.interrupted);
                 // The item's captured output is kept with its entry, failed ones too.
@@ -479,7 +465,6 @@ impl Task {
             replace,
             Some(&sweep.id),
         );
-        release(guard);
         match out {
             Ok(_) => Ok(Claim::Computed(Status::Completed)),
             Err(Error::ComputeFailed { .. }) if interrupted => {
@@ -593,6 +578,33 @@ impl Task {
             sweep: None,
             signature: None,
         }
+    }
+
+    /// Computes and commits `key` while holding its lease `guard` (released at the end); a
+    /// SIGTERM meanwhile records the entry interrupted (as computed by `sweep`, if any).
+    #[allow(clippy::too_many_arguments)]
+    fn compute_leased<T, F>(
+        &self,
+        guard: crate::lease::LeaseGuard,
+        key: Key,
+        doc: serde_json::Value,
+        f: F,
+        codec: &dyn ValueCodec<T>,
+        replace: bool,
+        sweep: Option<&str>,
+    ) -> Result<T>
+    where
+        F: FnOnce(&mut Context) -> std::result::Result<T, Failure>,
+    {
+        let hook_store = self.store.clone();
+        let mut hook_manifest = self.manifest_for(key, doc.clone(), Status::Interrupted);
+        hook_manifest.sweep = sweep.map(str::to_string);
+        guard.set_interrupt_hook(Box::new(move || {
+            record_interrupted(&hook_store, hook_manifest)
+        }));
+        let out = self.compute_and_commit(key, doc, f, codec, replace, sweep);
+        release(guard);
+        out
     }
 
     fn compute_and_commit<T, F>(
