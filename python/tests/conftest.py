@@ -15,6 +15,22 @@ def store(tmp_path):
     rc.configure(store=None)
 
 
+@pytest.fixture
+def trace(tmp_path):
+    """A folder where test tasks note what they computed, and in which process."""
+    d = tmp_path / "trace"
+    d.mkdir()
+    return str(d)
+
+
+def skip_or_fail(why: str, fix: str) -> None:
+    """A test needs something this machine lacks: skip with how to get it, except under CI,
+    where everything the tests need is set up by scripts/test, so it is a failure."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{why} (under CI, scripts/test provides it)")
+    pytest.skip(f"{why}; {fix}")
+
+
 def run_python(code: str, *, env=None, timeout=120):
     """Runs code in a fresh interpreter (same venv) and returns the CompletedProcess."""
     import subprocess

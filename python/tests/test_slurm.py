@@ -13,6 +13,7 @@ import time
 import pytest
 
 import runcache as rc
+from conftest import skip_or_fail
 from slurm_tasks import computed, cube, picky, sleepy
 
 SBATCH = shutil.which("sbatch")
@@ -39,19 +40,8 @@ def _cluster_problem():
 def cluster():
     problem = _cluster_problem()
     if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the SLURM test cluster is not usable ({problem}): run via scripts/test")
-        pytest.skip(
-            f"no SLURM test cluster ({problem}); start one (as root) with: "
-            'eval "$(scripts/services/slurm start)"'
-        )
-
-
-@pytest.fixture
-def trace(tmp_path):
-    d = tmp_path / "trace"
-    d.mkdir()
-    return str(d)
+        skip_or_fail(f"the SLURM test cluster is not usable ({problem})",
+                     'start one (as root) with: eval "$(scripts/services/slurm start)"')
 
 
 @pytest.fixture
@@ -320,11 +310,8 @@ def test_a_sweep_above_max_array_size_is_split_into_chained_arrays(
     ex = executor(tmp_path, array_parallelism=4)
     max_size = int(ex.cluster_config().get("MaxArraySize", "0"))
     if not 1 < max_size <= 20:
-        message = (f"the test cluster's MaxArraySize is {max_size}; scripts/services/slurm "
-                   "sets 12 so that a split is tested with a few tasks")
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"the test cluster's MaxArraySize is {max_size}",
+                     "scripts/services/slurm sets 12 so that a split is tested with a few tasks")
     n = max_size + 3
     items = [{"x": i, "trace": trace} for i in range(n)]
     assert cube.map(items, executor=ex, progress=False) == [i**3 for i in range(n)]

@@ -11,18 +11,12 @@ import time
 import pytest
 
 import runcache as rc
+from conftest import skip_or_fail
 from runcache import _config
 from runcache._executors import WorkerState
 from sweep_tasks import column_means, computed, environment_variable, flaky, hungry, slow, square
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture
-def trace(tmp_path):
-    d = tmp_path / "trace"
-    d.mkdir()
-    return str(d)
 
 
 def counts_per_item(trace):
@@ -268,9 +262,8 @@ def test_tasks_defined_in_a_function_are_refused_for_workers(store):
 def _remote(var, unique):
     base = os.environ.get(var)
     if not base:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{var} is not set: the test services were not started (run scripts/test)")
-        pytest.skip(f'{var} is not set; start the service with scripts/services/... start')
+        skip_or_fail(f"{var} is not set: the test service is not running",
+                     "start it with scripts/services/s3 or postgres start")
     if var == "RUNCACHE_TEST_POSTGRES":
         return f"{base}?schema={unique}"
     target, _, query = base.partition("?")
@@ -314,9 +307,7 @@ def _rust_cli():
 def test_the_rust_command_starts_the_sweeps_python_worker(store, trace):
     binary = _rust_cli()
     if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("target/*/runcache is not built (scripts/test builds the workspace first)")
-        pytest.skip("the Rust `runcache` binary is not built (cargo build)")
+        skip_or_fail("the Rust `runcache` binary (target/*/runcache) is not built", "cargo build")
     manual = rc.Manual(file=open(os.devnull, "w"))
     jobs = square.map([{"x": i, "trace": trace} for i in range(4)], executor=manual, wait=False)
     sweep_id = jobs[0].sweep.id

@@ -10,6 +10,7 @@ import time
 import pytest
 
 import runcache as rc
+from conftest import skip_or_fail
 
 WORKER = r"""
 import os, sys, time
@@ -144,11 +145,8 @@ def test_processes_with_separate_local_tiers_compute_once(tmp_path):
 def test_tiered_over_s3(tmp_path, reset):
     base = os.environ.get("RUNCACHE_TEST_S3")
     if not base:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the S3 test service was not started: run via scripts/test")
-        pytest.skip(
-            'RUNCACHE_TEST_S3 is not set; start it with: eval "$(scripts/services/s3 start)"'
-        )
+        skip_or_fail("RUNCACHE_TEST_S3 is not set: the S3 test service is not running",
+                     'start it with: eval "$(scripts/services/s3 start)"')
     target, _, query = base.partition("?")
     remote = f"{target.rstrip('/')}/py-tiered-{os.getpid()}-{time.time_ns()}?{query}"
     calls = []
