@@ -237,19 +237,17 @@ def test_a_sweep_whose_only_task_was_cancelled_is_resubmitted(
 ):
     items = [{"x": i, "trace": trace, "hold": 1} for i in range(3)]
     ex = executor(tmp_path, max_tasks=1, poll_interval=1.0)
-    started = os.path.join(trace, "started")
+    scancelled = []
 
     def cancel_when_held():
-        deadline = time.monotonic() + 120
-        while not os.path.exists(started) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        with open(started) as f:
-            subprocess.run(["scancel", f.read().strip()], timeout=30)
+        with open(held_item_started(trace)) as f:
+            scancelled.append(subprocess.run(["scancel", f.read().strip()], timeout=30))
 
     killer = threading.Thread(target=cancel_when_held, daemon=True)
     killer.start()
     results = sleepy.map(items, executor=ex, progress=False)
     killer.join(timeout=10)
+    assert not killer.is_alive() and [p.returncode for p in scancelled] == [0]
     assert results == [1000, 1001, 1002]
     assert collections.Counter(x for x, _ in computed(trace)) == {0: 1, 1: 1, 2: 1}
     # The first array's only task died with item 1 unfinished: the sweep started a second one.
