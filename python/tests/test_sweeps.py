@@ -536,3 +536,22 @@ def test_dead_workers_are_relaunched_twice_for_what_is_left_then_stall(store, tr
     with pytest.raises(rc.SweepStalled, match="2 item.s. are unfinished"):
         square.map([{"x": i, "trace": trace} for i in range(3)], executor=ex, progress=False)
     assert ex.launched == [3, 2, 2], "the first launch for all 3, then two for the 2 left"
+
+
+def test_a_worker_whose_code_has_another_version_refuses_to_run(store, trace, tmp_path):
+    jobs = square.map([{"x": i, "trace": trace} for i in range(2)],
+                      executor=rc.Manual(file=open(os.devnull, "w")), wait=False)
+    sweep = jobs[0].sweep
+    # The same module, edited since the submission: `square` is now version 2.
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    source = open(os.path.join(HERE, "sweep_tasks.py")).read()
+    (edited / "sweep_tasks.py").write_text(source.replace(
+        '@rc.task(version="1")\ndef square', '@rc.task(version="2")\ndef square'))
+    env = {**os.environ, **sweep.worker_env()}
+    env["PYTHONPATH"] = os.pathsep.join([str(edited), env.get("PYTHONPATH", "")])
+    worker = subprocess.run(sweep.worker_argv(), env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert worker.returncode == 2, worker.stderr  # a setup failure: executors do not retry
+    assert "was submitted for sweep_tasks.square version 1" in worker.stderr
+    assert computed(trace) == []
