@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
+use runcache::store::Stray;
 use runcache::{EntryInfo, GcOptions, Status, Store};
 use serde_json::json;
 
@@ -68,7 +69,7 @@ pub(crate) fn open(location: &str) -> Result<Store> {
     let path = location.split('?').next().unwrap_or(location);
     if is_path && !std::path::Path::new(path).exists() {
         bail!(
-            "no store at `{location}`: give --store PATH (or set RUNCACHE_STORE) to an existing runcache store"
+            "no store at `{location}`: give --store PATH (or set RUNCACHE_STORE) to an existing runcache store. To create one, run `runcache init {path}`; the first cached call made with this store location also creates it"
         );
     }
     Store::open(location).with_context(|| format!("opening store `{location}`"))
@@ -153,6 +154,23 @@ fn progress_bar(enabled: bool) -> indicatif::ProgressBar {
     bar
 }
 
+/// Names each damaged object on stderr with what to do about it.
+pub(crate) fn warn_damaged(objects: &[Stray]) {
+    for s in objects {
+        eprintln!(
+            "runcache: damaged object {}: {}; `runcache verify --repair` removes it",
+            s.location, s.problem
+        );
+    }
+}
+
+/// Lists the store's damaged objects and names them on stderr.
+pub(crate) fn damaged_objects(store: &Store) -> Result<Vec<Stray>> {
+    let objects = store.backend().strays()?;
+    warn_damaged(&objects);
+    Ok(objects)
+}
+
 fn status_of(e: &EntryInfo) -> &'static str {
     e.manifest.as_ref().map_or("damaged", |m| m.status.as_str())
 }
@@ -176,12 +194,21 @@ fn ls(
         .filter(|e| namespace.is_none_or(|ns| namespace_of(e) == ns))
         .filter(|e| !failed || status_of(e) != Status::Completed.as_str())
         .collect();
+    damaged_objects(store)?;
+    for e in entries.iter().filter(|e| e.manifest.is_none()) {
+        eprintln!(
+            "runcache: damaged entry {}: {}; `runcache verify --repair` removes it",
+            e.key,
+            e.damage.as_deref().unwrap_or("unreadable manifest")
+        );
+    }
     if per_namespace {
         let mut sums: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
         for e in &entries {
             let s = sums.entry(namespace_of(e).to_string()).or_default();
             s.0 += 1;
-            s.1 += e.manifest.as_ref().map_or(0, |m| m.total_size());
+            s.1 =
+                s.1.saturating_add(e.manifest.as_ref().map_or(0, |m| m.total_size()));
             s.2 = s.2.max(e.last_used_unix_ms);
         }
         if cli.json {
@@ -227,11 +254,17 @@ fn ls(
                         .as_ref()
                         .map_or("-".into(), |m| m.version.clone()),
                     status_of(e).to_string(),
-                    size(e.manifest.as_ref().map_or(0, |m| m.total_size())),
                     e.manifest
                         .as_ref()
-                        .map_or("-".into(), |m| age(m.created_unix_ms)),
-                    age(e.last_used_unix_ms),
+                        .map_or("?".into(), |m| size(m.total_size())),
+                    e.manifest
+                        .as_ref()
+                        .map_or("?".into(), |m| age(m.created_unix_ms)),
+                    if e.manifest.is_some() {
+                        age(e.last_used_unix_ms)
+                    } else {
+                        "?".into()
+                    },
                 ]
             })
             .collect();
@@ -254,9 +287,18 @@ fn ls(
 
 fn show(cli: &Cli, store: &Store, key: &str) -> Result<i32> {
     let key = store.resolve_prefix(key)?;
-    let m = store
-        .manifest(&key)?
-        .with_context(|| format!("entry {key} vanished"))?;
+    let m = match store.manifest(&key) {
+        Ok(m) => m.with_context(|| format!("entry {key} vanished"))?,
+        Err(e) if e.is_object_damage() => {
+            if cli.json {
+                println!("{}", json!({"key": key.to_hex(), "damage": e.to_string()}));
+            } else {
+                println!("DAMAGED {key}: {e}");
+            }
+            return Ok(3);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&m)?);
         return Ok(0);
@@ -385,7 +427,23 @@ fn gc(cli: &Cli, store: &Store, options: GcOptions) -> Result<i32> {
             "evicted"
         };
         for (k, ns, bytes) in &report.removed {
-            println!("{verb} {k} {ns} {}", size(*bytes));
+            let shown = if ns == "(damaged)" {
+                "damaged".into()
+            } else {
+                size(*bytes)
+            };
+            println!("{verb} {k} {ns} {shown}");
+        }
+        for (k, why) in &report.errors {
+            eprintln!("runcache: could not evict {k}: {why}");
+        }
+        warn_damaged(&report.damaged_objects);
+        if report.temp_files_removed > 0 {
+            println!(
+                "removed {} temporary files of killed writers ({})",
+                report.temp_files_removed,
+                size(report.temp_bytes_freed)
+            );
         }
         println!(
             "{verb} {} entries, {} unreferenced blobs ({}); {} protected (in use or being computed); {} remain",
@@ -418,22 +476,29 @@ fn verify(cli: &Cli, store: &Store, repair: bool) -> Result<i32> {
                 p.problem
             );
         }
+        for o in &report.damaged_objects {
+            println!("DAMAGED {}: {}", o.location, o.problem);
+        }
         println!(
-            "checked {} entries, {} blobs, {}; {} damaged{}",
+            "checked {} entries, {} blobs, {}; {} damaged entries, {} damaged objects{}",
             report.entries,
             report.blobs,
             size(report.bytes),
             report.problems.len(),
+            report.damaged_objects.len(),
             if repair {
-                format!(", {} removed", report.removed)
-            } else if report.problems.is_empty() {
+                format!(
+                    "; removed {} entries, {} objects, {} temporary files",
+                    report.removed, report.damaged_objects_removed, report.temp_files_removed
+                )
+            } else if !report.found_damage() {
                 String::new()
             } else {
                 " (run `runcache verify --repair` to remove them)".into()
             }
         );
     }
-    Ok(if report.problems.is_empty() || repair {
+    Ok(if !report.found_damage() || repair {
         0
     } else {
         3
@@ -442,6 +507,7 @@ fn verify(cli: &Cli, store: &Store, repair: bool) -> Result<i32> {
 
 fn du(cli: &Cli, store: &Store) -> Result<i32> {
     let u = store.usage()?;
+    warn_damaged(&u.damaged_objects);
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&u)?);
         return Ok(0);
@@ -454,7 +520,11 @@ fn du(cli: &Cli, store: &Store) -> Result<i32> {
                 ns.clone(),
                 n.entries.to_string(),
                 n.failed.to_string(),
-                size(n.bytes),
+                if ns == "(damaged)" {
+                    "?".into()
+                } else {
+                    size(n.bytes)
+                },
             ]
         })
         .collect();
@@ -471,6 +541,7 @@ fn du(cli: &Cli, store: &Store) -> Result<i32> {
 
 fn leases(cli: &Cli, store: &Store) -> Result<i32> {
     let views = store.leases().list()?;
+    damaged_objects(store)?;
     let held: Vec<_> = views.iter().filter(|v| v.record.is_some()).collect();
     if cli.json {
         let v: Vec<_> = held

@@ -25,8 +25,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
-/// `1.5 GiB`-style size.
+/// Sizes from this on cannot be real (an exbibyte): a damaged manifest's claim, shown as `?`.
+const IMPOSSIBLE_SIZE: u64 = 1 << 60;
+
+/// `1.5 GiB`-style size; `?` for a size no store can hold (a damaged manifest's claim).
 pub fn size(bytes: u64) -> String {
+    if bytes >= IMPOSSIBLE_SIZE {
+        return "?".into();
+    }
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut u = 0;
@@ -41,8 +47,11 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
-/// `3m ago`-style age from a unix-ms timestamp.
+/// `3m ago`-style age from a unix-ms timestamp; `?` when it is unknown (0: a damaged entry).
 pub fn age(unix_ms: u64) -> String {
+    if unix_ms == 0 {
+        return "?".into();
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -90,5 +99,8 @@ mod tests {
         assert!(parse_size("ten").is_err());
         assert!(parse_size("3X").unwrap_err().contains("unit"));
         assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(u64::MAX), "?");
+        assert_eq!(size(1 << 50), "1024.0 TiB");
+        assert_eq!(age(0), "?");
     }
 }

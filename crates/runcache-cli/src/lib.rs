@@ -5,7 +5,10 @@
 //! `python -m runcache`), so both install the same command.
 //!
 //! Exit codes: 0 success; 1 error (the message says what and how to fix it); 2 bad usage;
-//! 3 `verify` found damaged entries (and `--repair` was not given).
+//! 3 damage found: `verify` found damaged entries or objects (and `--repair` was not given), or
+//! `show` was asked for a damaged entry. The other store-walking commands (`ls`, `du`, `gc`,
+//! `leases`, `status`) list what they can read, name each damaged object on stderr (and in
+//! `--json` reports) and exit 0: one stray object never fails a whole command.
 
 #![warn(missing_docs)]
 
@@ -18,9 +21,12 @@ mod commands;
 mod format;
 mod sweeps;
 
+/// The exit codes, as `--help` shows them.
+const EXIT_CODES: &str = "Exit codes: 0 ok (damaged objects found by ls, du, gc, leases and status are named on stderr); 1 error; 2 bad usage; 3 damage found (verify without --repair, show of a damaged entry).";
+
 /// Make every expensive computation run once: inspect and govern a runcache store.
 #[derive(Parser, Debug)]
-#[command(name = "runcache", version, about, long_about = None)]
+#[command(name = "runcache", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Store to use: a directory, file:///path or memory://NAME.
     #[arg(
@@ -164,8 +170,24 @@ where
     match commands::run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("runcache: error: {e:#}");
+            eprintln!("runcache: error: {}", message(&e));
             1
         }
     }
+}
+
+/// The error and its causes, each cause only once: engine errors already include their source
+/// in their own message (an I/O error names the OS error), which `{:#}` would repeat.
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }

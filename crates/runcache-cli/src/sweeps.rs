@@ -11,11 +11,16 @@ use crate::Cli;
 
 /// `runcache status [SWEEP]`: one sweep's counts and failures, or every sweep's counts.
 pub fn status(cli: &Cli, store: &Store, sweep: Option<&str>) -> Result<i32> {
+    crate::commands::damaged_objects(store)?;
     let Some(id) = sweep else {
         let records = store.sweeps()?;
         let mut all = Vec::with_capacity(records.len());
         for r in &records {
-            all.push((r, store.sweep_status(r, false)?));
+            // One sweep whose item list cannot be read is named, not a failed listing.
+            match store.sweep_status(r, false) {
+                Ok(s) => all.push((r, s)),
+                Err(e) => eprintln!("runcache: damaged sweep {}: {e}", r.id),
+            }
         }
         if cli.json {
             let v: Vec<_> = all.iter().map(|(_, s)| s).collect();

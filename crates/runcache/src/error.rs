@@ -154,6 +154,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// True if the error concerns one stored object that cannot be read as what its name says
+    /// (unparsable, too large, a directory or a symlink loop at a file's place): the object is
+    /// damaged, the store as a whole is fine. Network and permission errors are not damage.
+    pub fn is_object_damage(&self) -> bool {
+        match self {
+            Error::Malformed { .. } => true,
+            Error::Io { source, .. } => {
+                matches!(
+                    source.raw_os_error(),
+                    Some(libc::EISDIR | libc::ENOTDIR | libc::ELOOP | libc::ENAMETOOLONG)
+                ) || source.kind() == std::io::ErrorKind::InvalidData
+            }
+            _ => false,
+        }
+    }
+
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

@@ -30,7 +30,7 @@ pub use engine::{
     settles_item, BlobData, Claim, Context, Entry, EntryInfo, Failure, GcOptions, GcReport,
     ItemState, ItemStatus, MapOptions, Mode, NamespaceUsage, Progress, Store, StoreOptions,
     SweepRecord, SweepRef, SweepStatus, Task, Usage, Validator, ValueCodec, VerifyProblem,
-    VerifyReport, LOG_ARTIFACT, MAX_SWEEP_ID, SWEEP_FORMAT,
+    VerifyReport, LOG_ARTIFACT, MAX_SWEEP_ID, SWEEP_FORMAT, TEMP_GRACE,
 };
 pub use error::{Error, Result};
 pub use key::Key;

@@ -191,9 +191,13 @@ impl Manifest {
     }
 
     /// Total bytes of blobs and artifacts this entry references.
+    /// Saturates rather than overflowing (a damaged manifest may claim any size).
     pub fn total_size(&self) -> u64 {
-        self.blobs.iter().map(|b| b.size).sum::<u64>()
-            + self.artifacts.iter().map(|a| a.size).sum::<u64>()
+        self.blobs
+            .iter()
+            .map(|b| b.size)
+            .chain(self.artifacts.iter().map(|a| a.size))
+            .fold(0u64, u64::saturating_add)
     }
 
     /// Digests of every blob stored outside the manifest (result blobs and artifacts).

@@ -382,3 +382,40 @@ fn read_only_store_reads_records_and_refuses_to_change_them() {
         "a read-only store was written"
     );
 }
+
+/// Stray objects of the local store, each a damaged item for every walking operation (the
+/// conformance check, once per kind): a plain file where a shard belongs, a directory named like
+/// a manifest, an empty lease record, a blob name that is not a digest.
+#[test]
+fn local_stray_objects_are_damaged_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let hex = |c: char| format!("ab{}", c.to_string().repeat(62));
+    type Plant = Box<dyn Fn(&std::path::Path) -> String>;
+    let plants: Vec<Plant> = vec![
+        Box::new(|root| {
+            fs::write(root.join("manifests/stray"), b"x").unwrap();
+            "manifests/stray".into()
+        }),
+        Box::new(move |root| {
+            let p = format!("manifests/ab/{}.json", hex('a'));
+            fs::create_dir_all(root.join(&p)).unwrap();
+            p
+        }),
+        Box::new(move |root| {
+            let d = format!("leases/ab/{}", hex('c'));
+            fs::create_dir_all(root.join(&d)).unwrap();
+            fs::write(root.join(&d).join("g.1"), b"").unwrap();
+            format!("{d}/g.1")
+        }),
+        Box::new(|root| {
+            fs::create_dir_all(root.join("blobs/ab")).unwrap();
+            fs::write(root.join("blobs/ab/not-a-digest"), b"x").unwrap();
+            "blobs/ab/not-a-digest".into()
+        }),
+    ];
+    for (i, plant) in plants.iter().enumerate() {
+        let root = dir.path().join(format!("s{i}"));
+        let store = Store::open(root.to_str().unwrap()).unwrap();
+        conformance::damage::stray_object_is_one_damaged_item(store, &|_| plant(&root));
+    }
+}

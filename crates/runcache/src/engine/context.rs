@@ -40,8 +40,11 @@ impl Context {
             None => {
                 let mut r = [0u8; 8];
                 getrandom::fill(&mut r).expect("the OS random source works");
+                // Names its host and process, so gc can tell a live writer's scratch from a
+                // killed one's (store::local::walk).
                 let d = self.scratch_root.join(format!(
-                    "artifacts-{}-{}",
+                    "artifacts-{}-{}-{}",
+                    crate::host_name(),
                     std::process::id(),
                     hex::encode(r)
                 ));

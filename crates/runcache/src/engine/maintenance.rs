@@ -10,6 +10,12 @@ use crate::digest::Digest;
 use crate::error::Result;
 use crate::key::Key;
 use crate::lease::Acquire;
+use crate::store::Stray;
+
+/// Temporary files (and artifact scratch directories) of writers on this host that are gone
+/// are removed by `gc` and `verify --repair` once their newest write is older than this; those
+/// of other hosts after [`crate::store::local::FOREIGN_GRACE_FACTOR`] times as long.
+pub const TEMP_GRACE: Duration = Duration::from_secs(3600);
 
 /// Called with (done, total, message) as long operations progress.
 pub type Progress<'a> = &'a (dyn Fn(u64, u64, &str) + Sync);
@@ -25,6 +31,8 @@ pub struct Usage {
     pub blob_bytes: u64,
     /// Per namespace: entries and the bytes they reference (shared blobs counted in each).
     pub namespaces: BTreeMap<String, NamespaceUsage>,
+    /// Objects in the store that are not a readable part of it (`verify --repair` removes them).
+    pub damaged_objects: Vec<Stray>,
 }
 
 /// One namespace's share of a store.
@@ -51,6 +59,8 @@ pub struct GcOptions {
     pub min_idle: Duration,
     /// Unreferenced blobs younger than this are kept (a writer may be about to reference them).
     pub blob_grace: Duration,
+    /// Temporary files of killed writers older than this are removed ([`TEMP_GRACE`]).
+    pub temp_grace: Duration,
 }
 
 impl Default for GcOptions {
@@ -61,6 +71,7 @@ impl Default for GcOptions {
             dry_run: false,
             min_idle: Duration::from_secs(60),
             blob_grace: Duration::from_secs(600),
+            temp_grace: TEMP_GRACE,
         }
     }
 }
@@ -80,6 +91,14 @@ pub struct GcReport {
     pub bytes_remaining: u64,
     /// True if nothing was changed.
     pub dry_run: bool,
+    /// Temporary files of killed writers removed (not counted in a dry run).
+    pub temp_files_removed: u64,
+    /// Bytes they took.
+    pub temp_bytes_freed: u64,
+    /// Entries that could not be evicted, with why (a damaged lease, say); gc went on.
+    pub errors: Vec<(Key, String)>,
+    /// Objects in the store that are not a readable part of it (`verify --repair` removes them).
+    pub damaged_objects: Vec<Stray>,
 }
 
 /// One problem found by `verify`.
@@ -106,6 +125,20 @@ pub struct VerifyReport {
     pub problems: Vec<VerifyProblem>,
     /// Damaged entries removed (with `repair`).
     pub removed: u64,
+    /// Objects in the store that are not a readable part of it (stray files, directories where
+    /// files belong, unparsable lease files).
+    pub damaged_objects: Vec<Stray>,
+    /// Of those, removed (with `repair`).
+    pub damaged_objects_removed: u64,
+    /// Temporary files of killed writers removed (with `repair`).
+    pub temp_files_removed: u64,
+}
+
+impl VerifyReport {
+    /// True if anything damaged was found.
+    pub fn found_damage(&self) -> bool {
+        !self.problems.is_empty() || !self.damaged_objects.is_empty()
+    }
 }
 
 impl Store {
@@ -114,8 +147,9 @@ impl Store {
         let mut u = Usage::default();
         for b in self.backend().list_blobs()? {
             u.blobs += 1;
-            u.blob_bytes += b.size;
+            u.blob_bytes = u.blob_bytes.saturating_add(b.size);
         }
+        u.damaged_objects = self.backend().strays()?;
         for e in self.entries()? {
             u.entries += 1;
             let ns = e
@@ -125,7 +159,7 @@ impl Store {
             let n = u.namespaces.entry(ns).or_default();
             n.entries += 1;
             if let Some(m) = &e.manifest {
-                n.bytes += m.total_size();
+                n.bytes = n.bytes.saturating_add(m.total_size());
                 if m.status == crate::manifest::Status::Failed {
                     n.failed += 1;
                 }
@@ -156,10 +190,14 @@ impl Store {
         // Manifests (with their inline blobs) count too: they are what small results cost.
         let manifest_bytes =
             |e: &EntryInfo| e.manifest.as_ref().map_or(0, |m| m.to_bytes().len() as u64);
-        let mut live_bytes: u64 = refs.keys().filter_map(|d| sizes.get(d)).sum::<u64>()
-            + entries.iter().map(manifest_bytes).sum::<u64>();
+        let mut live_bytes: u64 = refs
+            .keys()
+            .filter_map(|d| sizes.get(d).copied())
+            .chain(entries.iter().map(manifest_bytes))
+            .fold(0, u64::saturating_add);
         let mut report = GcReport {
             dry_run: options.dry_run,
+            damaged_objects: self.backend().strays()?,
             ..Default::default()
         };
         let total = entries.len() as u64;
@@ -186,19 +224,29 @@ impl Store {
                 .as_ref()
                 .map(|m| m.external_digests().copied().collect())
                 .unwrap_or_default();
-            if !options.dry_run && !self.remove_under_lease(&e.key, &namespace)? {
-                report.protected += 1;
-                continue;
+            if !options.dry_run {
+                match self.remove_under_lease(&e.key, &namespace) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        report.protected += 1;
+                        continue;
+                    }
+                    // One entry that cannot be evicted (a damaged lease) does not stop gc.
+                    Err(err) => {
+                        report.errors.push((e.key, err.to_string()));
+                        continue;
+                    }
+                }
             }
             let mut freed = manifest_bytes(e);
             for d in &digests {
                 let r = refs.get_mut(d).expect("counted above");
                 *r -= 1;
                 if *r == 0 {
-                    freed += sizes.get(d).copied().unwrap_or(0);
+                    freed = freed.saturating_add(sizes.get(d).copied().unwrap_or(0));
                 }
             }
-            live_bytes -= freed;
+            live_bytes = live_bytes.saturating_sub(freed);
             let referenced = e.manifest.as_ref().map_or(0, |m| m.total_size());
             report.removed.push((e.key, namespace, referenced));
         }
@@ -210,19 +258,24 @@ impl Store {
                 .collect();
             (
                 orphans.len() as u64,
-                orphans.iter().map(|b| b.size).sum::<u64>(),
+                orphans.iter().map(|b| b.size).fold(0, u64::saturating_add),
             )
         } else {
             self.remove_unreferenced_blobs(options.blob_grace)?
         };
         report.blobs_removed = count;
         report.bytes_freed = bytes;
+        if !options.dry_run {
+            let (n, b) = self.backend().collect_temp_files(options.temp_grace)?;
+            report.temp_files_removed = n;
+            report.temp_bytes_freed = b;
+        }
         report.bytes_remaining = self
             .backend()
             .list_blobs()?
             .iter()
             .map(|b| b.size)
-            .sum::<u64>()
+            .fold(0, u64::saturating_add)
             .saturating_sub(if options.dry_run { bytes } else { 0 });
         Ok(report)
     }
@@ -265,12 +318,19 @@ impl Store {
         Ok((n, bytes))
     }
 
-    /// Re-reads and re-hashes every blob of every entry. Damaged entries are reported; with
-    /// `repair` they are removed (and their damaged blobs deleted) so the next call recomputes.
+    /// Re-reads and re-hashes every blob of every entry, and lists the store's damaged
+    /// objects. Each blob is hashed once, but each entry is judged by its own manifest: its
+    /// claims (size, digest) are compared with what is on disk, so a damaged manifest that
+    /// claims a wrong size for a shared blob never condemns the sound entries sharing it.
+    /// With `repair`, damaged entries are removed (and blobs whose content does not match their
+    /// name deleted) so the next call recomputes; damaged objects and the temporary files of
+    /// killed writers are removed too. An entry whose own manifest and blobs are sound is never
+    /// removed.
     pub fn verify(&self, repair: bool, progress: Progress<'_>) -> Result<VerifyReport> {
         let entries = self.entries()?;
         let mut report = VerifyReport::default();
-        let mut checked: HashMap<Digest, Option<String>> = HashMap::new();
+        // What each blob really is: (size, digest of its content), or None if missing.
+        let mut found: HashMap<Digest, Option<(u64, Digest)>> = HashMap::new();
         let total = entries.len() as u64;
         for (i, e) in entries.iter().enumerate() {
             progress(i as u64, total, "verifying");
@@ -288,6 +348,7 @@ impl Store {
                 continue;
             };
             let mut problems = Vec::new();
+            let mut misnamed = Vec::new();
             for b in &m.blobs {
                 if let Some(inline) = b.inline_bytes() {
                     let data = inline?;
@@ -299,14 +360,28 @@ impl Store {
                     }
                     continue;
                 }
-                if let Some(p) = self.check_once(&mut checked, &mut report, &b.digest, b.size)? {
-                    problems.push(format!("blob `{}` ({}): {p}", b.role, b.digest));
-                }
+                let what = format!("blob `{}` ({})", b.role, b.digest);
+                self.judge(
+                    &mut found,
+                    &mut report,
+                    &b.digest,
+                    b.size,
+                    &what,
+                    &mut problems,
+                    &mut misnamed,
+                )?;
             }
             for a in &m.artifacts {
-                if let Some(p) = self.check_once(&mut checked, &mut report, &a.digest, a.size)? {
-                    problems.push(format!("artifact `{}` ({}): {p}", a.name, a.digest));
-                }
+                let what = format!("artifact `{}` ({})", a.name, a.digest);
+                self.judge(
+                    &mut found,
+                    &mut report,
+                    &a.digest,
+                    a.size,
+                    &what,
+                    &mut problems,
+                    &mut misnamed,
+                )?;
             }
             if !problems.is_empty() {
                 report.problems.push(VerifyProblem {
@@ -316,33 +391,62 @@ impl Store {
                 });
                 if repair {
                     self.delete(&e.key)?;
-                    for d in m.external_digests() {
-                        if let Some(Some(_)) = checked.get(d) {
-                            self.backend().delete_blob(d)?;
-                        }
+                    for d in &misnamed {
+                        self.backend().delete_blob(d)?;
                     }
                     report.removed += 1;
                 }
             }
         }
+        report.damaged_objects = self.backend().strays()?;
+        if repair {
+            for stray in &report.damaged_objects {
+                match self.backend().remove_stray(stray) {
+                    Ok(()) => report.damaged_objects_removed += 1,
+                    Err(e) => log::warn!("could not remove {}: {e}", stray.location),
+                }
+            }
+            report.temp_files_removed = self.backend().collect_temp_files(TEMP_GRACE)?.0;
+        }
         progress(total, total, "verified");
         Ok(report)
     }
 
-    fn check_once(
+    /// Compares one claim of an entry (`digest`, `size`) with the blob as it is (hashed once
+    /// per digest); a problem is added to `problems`, and a blob whose content does not match
+    /// its name to `misnamed`.
+    #[allow(clippy::too_many_arguments)]
+    fn judge(
         &self,
-        checked: &mut HashMap<Digest, Option<String>>,
+        found: &mut HashMap<Digest, Option<(u64, Digest)>>,
         report: &mut VerifyReport,
         digest: &Digest,
         size: u64,
-    ) -> Result<Option<String>> {
-        if let Some(r) = checked.get(digest) {
-            return Ok(r.clone());
+        what: &str,
+        problems: &mut Vec<String>,
+        misnamed: &mut Vec<Digest>,
+    ) -> Result<()> {
+        let actual = match found.get(digest) {
+            Some(a) => *a,
+            None => {
+                let a = self.hash_blob(digest)?;
+                report.blobs += 1;
+                report.bytes += a.map_or(0, |(n, _)| n);
+                found.insert(*digest, a);
+                a
+            }
+        };
+        match actual {
+            None => problems.push(format!("{what}: missing")),
+            Some((_, content)) if content != *digest => {
+                problems.push(format!("{what}: content does not match its digest"));
+                misnamed.push(*digest);
+            }
+            Some((n, _)) if n != size => problems.push(format!(
+                "{what}: size is {n} bytes, the manifest says {size} (the blob itself is sound)"
+            )),
+            Some(_) => {}
         }
-        let r = self.check_blob(digest, size)?;
-        report.blobs += 1;
-        report.bytes += size;
-        checked.insert(*digest, r.clone());
-        Ok(r)
+        Ok(())
     }
 }

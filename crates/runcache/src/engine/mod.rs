@@ -14,7 +14,7 @@ mod task;
 pub use context::Context;
 pub use entry::Entry;
 pub use maintenance::{
-    GcOptions, GcReport, NamespaceUsage, Progress, Usage, VerifyProblem, VerifyReport,
+    GcOptions, GcReport, NamespaceUsage, Progress, Usage, VerifyProblem, VerifyReport, TEMP_GRACE,
 };
 pub use map::MapOptions;
 pub use mapped::BlobData;

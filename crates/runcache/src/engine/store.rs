@@ -344,10 +344,12 @@ impl Store {
         self.read_blob(key, blob).map(BlobData::Owned)
     }
 
-    /// Streams a blob through the hasher without keeping it; for `verify`.
-    pub(crate) fn check_blob(&self, digest: &Digest, size: u64) -> Result<Option<String>> {
+    /// Streams a blob through the hasher without keeping it: its actual size and content
+    /// digest, or `None` if it is missing. For `verify`, which compares each entry's claims
+    /// with what this finds.
+    pub(crate) fn hash_blob(&self, digest: &Digest) -> Result<Option<(u64, Digest)>> {
         let Some(mut reader) = self.inner.backend.open_blob(digest)? else {
-            return Ok(Some("missing".into()));
+            return Ok(None);
         };
         let mut hasher = StreamHasher::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -360,23 +362,24 @@ impl Store {
             }
             hasher.update(&buf[..n]);
         }
-        if hasher.len() != size {
-            return Ok(Some(format!(
-                "size is {} bytes, expected {size}",
-                hasher.len()
-            )));
-        }
-        if hasher.finish() != *digest {
-            return Ok(Some("content does not match its digest".into()));
-        }
-        Ok(None)
+        Ok(Some((hasher.len(), hasher.finish())))
     }
 
+    /// Deletes a blob found damaged while reading an entry, but only if its content does not
+    /// match its own name: when the entry's manifest claims a wrong size, the blob (which other
+    /// entries may share) is sound and stays.
     fn discard_blob(&self, blob: &BlobRef) {
-        if blob.inline.is_none() {
-            if let Err(e) = self.inner.backend.delete_blob(&blob.digest) {
-                log::warn!("could not remove damaged blob {}: {e}", blob.digest);
+        if blob.inline.is_some() {
+            return;
+        }
+        match self.hash_blob(&blob.digest) {
+            Ok(Some((_, found))) if found != blob.digest => {
+                if let Err(e) = self.inner.backend.delete_blob(&blob.digest) {
+                    log::warn!("could not remove damaged blob {}: {e}", blob.digest);
+                }
             }
+            Ok(_) => {}
+            Err(e) => log::warn!("could not check blob {}: {e}", blob.digest),
         }
     }
 
@@ -527,10 +530,19 @@ impl Store {
     pub fn entries(&self) -> Result<Vec<EntryInfo>> {
         let mut out = Vec::new();
         for key in self.inner.backend.list_manifests()? {
-            let used = self.inner.backend.last_used(&key)?.unwrap_or(0);
+            // A damaged usage stamp only loses recency.
+            let used = self
+                .inner
+                .backend
+                .last_used(&key)
+                .ok()
+                .flatten()
+                .unwrap_or(0);
             let lookup = match self.lookup(&key) {
                 // Listed as damage (so `ls` and `verify` show it), never parsed.
                 Err(e @ Error::Signature { .. }) => Lookup::Damaged(e.to_string()),
+                // One object that cannot be read is one damaged entry, not a failed listing.
+                Err(e) if e.is_object_damage() => Lookup::Damaged(e.to_string()),
                 other => other?,
             };
             let info = match lookup {

@@ -34,6 +34,9 @@ const READ_RETRIES: usize = 100;
 /// them. Far longer than any in-flight write.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 
+/// Longest lease record (or heartbeat) file read; anything longer is damage.
+const MAX_RECORD_BYTES: u64 = 64 << 10;
+
 /// The [`LeaseBackend`] of the local and shared-filesystem stores.
 #[derive(Clone, Debug)]
 pub struct FsLeases {
@@ -83,6 +86,14 @@ fn parse_name(name: &str) -> Option<Name> {
     }
 }
 
+/// What is wrong with a lease file, without its path (the caller names it).
+fn short(e: Error) -> String {
+    match e {
+        Error::Malformed { what, message, .. } => format!("malformed {what}: {message}"),
+        other => other.to_string(),
+    }
+}
+
 /// Removes `path`, ignoring "already gone".
 fn remove_quietly(path: &Path) {
     if let Err(e) = fs::remove_file(path) {
@@ -115,6 +126,70 @@ impl FsLeases {
     pub fn key_dir(&self, key: &Key) -> PathBuf {
         let hex = key.to_hex();
         self.dir.join(&hex[..2]).join(&hex)
+    }
+
+    /// Every `<shard>/<64 hex>` key directory under the lease root; anything else is skipped
+    /// here (the local store reports it as a stray).
+    pub(crate) fn key_dirs(&self) -> Result<Vec<(Key, PathBuf)>> {
+        let mut out = Vec::new();
+        let shards = match fs::read_dir(&self.dir) {
+            Ok(shards) => shards,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io(&self.dir, e)),
+        };
+        for shard in shards.flatten() {
+            let shard_name = shard.file_name();
+            let Some(shard_name) = shard_name.to_str() else {
+                continue;
+            };
+            if shard_name.len() != 2 || !shard.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let Ok(keys) = fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for entry in keys.flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if !name.starts_with(shard_name) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                if let Ok(key) = Key::from_str(name) {
+                    if key.to_hex() == name {
+                        out.push((key, entry.path()));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The files of one key directory that cannot be read as lease files (an unparsable record
+    /// or heartbeat, a name the protocol does not use, a directory), with what is wrong.
+    pub(crate) fn damaged_files(dir: &Path) -> Vec<(PathBuf, String)> {
+        let mut out = Vec::new();
+        let Ok(entries) = fs::read_dir(dir) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+            let name = entry.file_name();
+            let parsed = name.to_str().and_then(parse_name);
+            let problem = match parsed {
+                _ if !is_file => {
+                    Some("not a regular file; a lease directory holds only lease files".to_string())
+                }
+                None => Some("not a lease file name (g.N, h.N, r.N or t.*)".to_string()),
+                Some(Name::Gen(n)) => Self::read_record(dir, n).err().map(short),
+                Some(Name::Beat(n)) => Self::read_beat(dir, n).err().map(short),
+                Some(Name::Release(_) | Name::Temp) => None,
+            };
+            if let Some(p) = problem {
+                out.push((path, p));
+            }
+        }
+        out
     }
 
     /// Lists a key directory. `Ok(None)` if it does not exist. Names only: files that vanish
@@ -150,7 +225,13 @@ impl FsLeases {
     /// Reads and parses `g.<n>`. `Ok(None)` if it does not exist (any more).
     fn read_record(dir: &Path, n: u64) -> Result<Option<LeaseRecord>> {
         let path = dir.join(format!("g.{n}"));
-        let bytes = match fs::read(&path) {
+        // A record is a few hundred bytes: a huge file at its name is damage, not read whole.
+        let bytes = match fs::File::open(&path).and_then(|f| {
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            f.take(MAX_RECORD_BYTES + 1).read_to_end(&mut bytes)?;
+            Ok(bytes)
+        }) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(path, e)),
@@ -160,6 +241,11 @@ impl FsLeases {
             path: path.display().to_string(),
             message,
         };
+        if bytes.len() as u64 > MAX_RECORD_BYTES {
+            return Err(malformed(format!(
+                "larger than {MAX_RECORD_BYTES} bytes; a lease record is a small JSON document"
+            )));
+        }
         let record: LeaseRecord =
             serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?;
         if record.generation != n {
@@ -174,7 +260,13 @@ impl FsLeases {
     /// Reads `h.<n>`. `Ok(None)` if it does not exist.
     fn read_beat(dir: &Path, n: u64) -> Result<Option<u64>> {
         let path = dir.join(format!("h.{n}"));
-        match fs::read_to_string(&path) {
+        let read = fs::File::open(&path).and_then(|f| {
+            use std::io::Read;
+            let mut text = String::new();
+            f.take(MAX_RECORD_BYTES).read_to_string(&mut text)?;
+            Ok(text)
+        });
+        match read {
             Ok(text) => text.trim().parse().map(Some).map_err(|e| Error::Malformed {
                 what: "lease heartbeat",
                 path: path.display().to_string(),
@@ -343,42 +435,14 @@ impl LeaseBackend for FsLeases {
     }
 
     fn list(&self) -> Result<Vec<(Key, LeaseState)>> {
+        // One unreadable key directory is reported by `damaged_files` (the store's strays),
+        // never a failure of the whole listing.
         let mut out = Vec::new();
-        let shards = match fs::read_dir(&self.dir) {
-            Ok(shards) => shards,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(Error::io(&self.dir, e)),
-        };
-        for shard in shards {
-            let shard = shard.at(&self.dir)?;
-            let shard_name = shard.file_name();
-            let Some(shard_name) = shard_name.to_str() else {
-                continue;
-            };
-            if shard_name.len() != 2 {
-                continue;
-            }
-            let shard_path = shard.path();
-            let keys = match fs::read_dir(&shard_path) {
-                Ok(keys) => keys,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) if e.kind() == ErrorKind::NotADirectory => continue,
-                Err(e) => return Err(Error::io(shard_path, e)),
-            };
-            for entry in keys {
-                let entry = entry.at(&shard_path)?;
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else { continue };
-                if !name.starts_with(shard_name) {
-                    continue;
-                }
-                let Ok(key) = Key::from_str(name) else {
-                    continue;
-                };
-                let (state, has_gens) = Self::read_dir_state(&entry.path())?;
-                if has_gens {
-                    out.push((key, state));
-                }
+        for (key, dir) in self.key_dirs()? {
+            match Self::read_dir_state(&dir) {
+                Ok((state, true)) => out.push((key, state)),
+                Ok((_, false)) => {}
+                Err(e) => log::debug!("skipping lease {}: {e}", dir.display()),
             }
         }
         out.sort_by_key(|a| a.0);

@@ -81,6 +81,16 @@ pub(crate) fn process_alive(pid: u32, start: u64) -> Option<bool> {
     }
 }
 
+/// Whether some process `pid` runs on this machine now (a zombie does not). When it cannot be
+/// told, true: callers use it to keep what a live process may still use.
+pub(crate) fn pid_running(pid: u32) -> bool {
+    match read_stat(pid) {
+        Ok(None) => false,
+        Ok(Some(stat)) => !matches!(stat.state, 'Z' | 'X' | 'x'),
+        Err(_) => true,
+    }
+}
+
 /// A fresh random hex string of `bytes` random bytes (getrandom).
 pub(crate) fn random_hex(bytes: usize) -> Result<String> {
     let mut buf = vec![0u8; bytes];

@@ -22,6 +22,8 @@ pub use manager::{Acquire, LeaseGuard, LeaseOptions, LeaseView, Leases};
 pub use memory::MemoryLeases;
 pub use signals::disable_signal_handling;
 
+pub(crate) use identity::pid_running;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;

@@ -131,6 +131,43 @@ pub trait Backend: Send + Sync + Debug {
     fn scratch_dir(&self) -> PathBuf {
         std::env::temp_dir()
     }
+
+    /// Objects under the store that are not a readable part of it (a stray file, a directory
+    /// where a file belongs, a name that is not a digest, an unparsable lease record). Listing
+    /// commands report them one by one instead of failing; `verify --repair` removes them with
+    /// [`Backend::remove_stray`]. The default: the backend cannot hold any.
+    fn strays(&self) -> Result<Vec<Stray>> {
+        Ok(Vec::new())
+    }
+
+    /// Removes one object reported by [`Backend::strays`] (no error if it is already gone).
+    fn remove_stray(&self, stray: &Stray) -> Result<()> {
+        Err(Error::Invalid(format!(
+            "{} cannot remove {}: remove it by hand",
+            self.location(),
+            stray.location
+        )))
+    }
+
+    /// Removes temporary files left by killed writers: older than `grace` (a live writer keeps
+    /// refreshing its file's mtime) and not held by a live process of this host. Returns (files
+    /// removed, bytes freed). The default: the backend keeps no temporary files.
+    fn collect_temp_files(&self, grace: Duration) -> Result<(u64, u64)> {
+        let _ = grace;
+        Ok((0, 0))
+    }
+}
+
+/// An object found in a store that is not a readable part of it: reported, never fatal.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Stray {
+    /// Where it is (a path or URL), for messages.
+    pub location: String,
+    /// What is wrong with it.
+    pub problem: String,
+    /// The backend's own name for it ([`Backend::remove_stray`] takes it back).
+    #[serde(skip)]
+    pub id: String,
 }
 
 /// Longest record kind or name accepted by [`check_record_name`].

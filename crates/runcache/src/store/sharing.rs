@@ -185,13 +185,23 @@ pub struct TreeReport {
     pub failed: Vec<(String, String)>,
 }
 
-/// Gives every file and directory under `root` (and `root` itself) the group and modes. Does
-/// not follow symbolic links.
+/// Gives every file and directory under `root` (and `root` itself) the group and modes; blob
+/// files keep no write bit (blobs are immutable: group-read). Does not follow symbolic links.
 pub fn apply_to_tree(root: &Path, sharing: &Sharing) -> TreeReport {
+    use std::os::unix::fs::PermissionsExt;
     let mut report = TreeReport::default();
     let mut stack = vec![root.to_path_buf()];
+    let blobs = root.join("blobs");
     while let Some(path) = stack.pop() {
-        match sharing.apply_path(&path) {
+        let applied = sharing.apply_path(&path).and_then(|()| {
+            let blob = path.starts_with(&blobs) && fs::symlink_metadata(&path)?.is_file();
+            if blob {
+                let mode = fs::Permissions::from_mode(sharing.file_mode & !0o222);
+                fs::set_permissions(&path, mode)?;
+            }
+            Ok(())
+        });
+        match applied {
             Ok(()) => report.changed += 1,
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
             Err(e) => report

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod damage;
 pub mod processes;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,6 +40,8 @@ pub fn run_all(open: Factory<'_>) {
     gc_evicts_lru_by_size_and_age(open());
     gc_spares_entries_under_lease(open());
     verify_reports_and_repairs(open());
+    damage::verify_judges_each_entry_by_its_own_manifest(open());
+    damage::unreadable_manifest_is_one_damaged_item(open());
     threads_compute_once(open());
     leases_are_exclusive(open());
     waiting_times_out_with_a_clear_error(open());

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::sharing::{self, Sharing};
 use super::{
-    check_record_kind, check_record_name, Backend, BlobInfo, BlobReader, PollWatch, Watch,
+    check_record_kind, check_record_name, Backend, BlobInfo, BlobReader, PollWatch, Stray, Watch,
     STORE_FORMAT,
 };
 use crate::digest::Digest;
@@ -38,6 +38,11 @@ use crate::error::{Error, IoContext, Result};
 use crate::key::Key;
 use crate::lease::FsLeases;
 use crate::lease::LeaseBackend;
+
+mod walk;
+
+use walk::list_sharded;
+pub use walk::FOREIGN_GRACE_FACTOR;
 
 /// Blobs at least this large are hashed while they are written.
 const OVERLAP_THRESHOLD: usize = 8 << 20;
@@ -141,14 +146,16 @@ impl LocalBackend {
 
     /// Writes `data` to `dest` through a temp file in the same directory, then publishes it.
     /// Returns false when `replace` is false and `dest` already exists.
-    fn publish(&self, dest: &Path, data: &[u8], replace: bool) -> Result<bool> {
+    /// With `read_only` (blobs) the file loses its write bits before it gets its name.
+    fn publish(&self, dest: &Path, data: &[u8], replace: bool, read_only: bool) -> Result<bool> {
         let dir = dest.parent().expect("store paths have a parent");
         let tmp = temp_path(dir);
         let mut f = create_in(self.sharing.as_ref(), dir, &tmp)?;
         sharing::share_file(self.sharing.as_ref(), &f, &tmp);
         let written = f
             .write_all(data)
-            .and_then(|()| if self.sync { f.sync_all() } else { Ok(()) });
+            .and_then(|()| if self.sync { f.sync_all() } else { Ok(()) })
+            .and_then(|()| if read_only { seal(&f) } else { Ok(()) });
         drop(f);
         if let Err(e) = written {
             // A full disk, say: leave no temp file behind.
@@ -185,16 +192,24 @@ impl LocalBackend {
     }
 }
 
+/// Drops every write bit of an open file: blobs are immutable, and a read-only mode keeps tools
+/// and people from editing one in place (0444 with the usual umask; 0440 in a group-shared
+/// store). Root and the owner can still change it: this guards against accidents, not attacks.
+fn seal(f: &File) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = f.metadata()?.permissions().mode();
+    f.set_permissions(fs::Permissions::from_mode(mode & 0o7555 & !0o222))
+}
+
 /// `base/ab/<hex><suffix>`.
 fn sharded(base: &Path, hex: &str, suffix: &str) -> PathBuf {
     base.join(&hex[..2]).join(format!("{hex}{suffix}"))
 }
 
-/// A unique temp name in `dir`; names starting with `.tmp-` are never listed as content.
+/// A unique temp name in `dir` ([`walk::temp_name`]: it names this host and process); names
+/// starting with `.tmp-` are never listed as content.
 fn temp_path(dir: &Path) -> PathBuf {
-    let mut r = [0u8; 8];
-    getrandom::fill(&mut r).expect("the OS random source works");
-    dir.join(format!(".tmp-{}-{}", std::process::id(), hex::encode(r)))
+    dir.join(walk::temp_name())
 }
 
 /// Creates `path` exclusively, creating `dir` first if needed.
@@ -218,15 +233,29 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// the file first (manifests are read on every hit: one syscall less).
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
     use std::io::Read;
-    let mut file = match File::open(path) {
+    let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(path, e)),
     };
     let mut out = Vec::with_capacity(2048);
-    file.read_to_end(&mut out).at(path)?;
+    file.take(MAX_DOCUMENT + 1).read_to_end(&mut out).at(path)?;
+    if out.len() as u64 > MAX_DOCUMENT {
+        return Err(Error::Malformed {
+            what: "store file",
+            path: path.display().to_string(),
+            message: format!(
+                "larger than {} MiB; manifests, stamps and records are small documents",
+                MAX_DOCUMENT >> 20
+            ),
+        });
+    }
     Ok(Some(out))
 }
+
+/// Longest manifest, usage stamp or record read (a huge file at such a name is damage, never
+/// read whole).
+const MAX_DOCUMENT: u64 = 256 << 20;
 
 fn remove_optional(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
@@ -234,36 +263,6 @@ fn remove_optional(path: &Path) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(path, e)),
     }
-}
-
-/// Lists `base/??/*` file names that are 64 hex digits followed by `suffix`.
-fn list_sharded(base: &Path, suffix: &str) -> Result<Vec<(String, PathBuf)>> {
-    let mut out = Vec::new();
-    let shards = match fs::read_dir(base) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(Error::io(base, e)),
-    };
-    for shard in shards {
-        let shard = shard.at(base)?;
-        let files = match fs::read_dir(shard.path()) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(shard.path(), e)),
-        };
-        for f in files {
-            let f = f.at(shard.path())?;
-            let name = f.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let Some(hex) = name.strip_suffix(suffix) else {
-                continue;
-            };
-            if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                out.push((hex.to_string(), f.path()));
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Reads the store's marker, creating the store (and the marker) if the directory is new or
@@ -278,10 +277,13 @@ fn check_or_create_marker(root: &Path) -> Result<Marker> {
     let marker = root.join(MARKER_FILE);
     match fs::read(&marker) {
         Ok(bytes) => {
-            let m: Marker = serde_json::from_slice(&bytes).map_err(|e| Error::Malformed {
-                what: "store format marker",
-                path: marker.display().to_string(),
-                message: e.to_string(),
+            let m: Marker = serde_json::from_slice(&bytes).map_err(|e| Error::BadStore {
+                location: root.display().to_string(),
+                message: format!(
+                    "its format marker {} is damaged ({e}). If this directory is a runcache store, `runcache init {}` writes a new marker; entries are kept",
+                    marker.display(),
+                    root.display()
+                ),
             })?;
             if m.format > STORE_FORMAT {
                 return Err(Error::NewerFormat {
@@ -345,7 +347,18 @@ fn check_or_create_marker(root: &Path) -> Result<Marker> {
 /// sharing in its marker (replaced atomically; older engines ignore the new fields). The caller
 /// applies the group and modes to existing files ([`sharing::apply_to_tree`]).
 pub fn init_store(root: &Path, share: Option<(&str, Sharing)>) -> Result<()> {
-    let mut m = check_or_create_marker(root)?;
+    let mut m = match check_or_create_marker(root) {
+        Ok(m) => m,
+        // A damaged marker (the store's only metadata) is replaced by a fresh one.
+        Err(Error::BadStore { .. }) if root.join(MARKER_FILE).is_file() => {
+            let body = serde_json::to_vec_pretty(&Marker::new()).expect("marker serializes");
+            let tmp = temp_path(root);
+            fs::write(&tmp, body).at(&tmp)?;
+            fs::rename(&tmp, root.join(MARKER_FILE)).at(root.join(MARKER_FILE))?;
+            check_or_create_marker(root)?
+        }
+        Err(e) => return Err(e),
+    };
     let Some((group, s)) = share else {
         return Ok(());
     };
@@ -396,7 +409,7 @@ impl Backend for LocalBackend {
         if reuse_existing(&dest, data.len() as u64) {
             return Ok(());
         }
-        self.publish(&dest, data, true).map(|_| ())
+        self.publish(&dest, data, true, true).map(|_| ())
     }
 
     fn put_blob_hashing(&self, data: &[u8]) -> Result<Digest> {
@@ -417,7 +430,7 @@ impl Backend for LocalBackend {
                 if self.sync {
                     f.sync_all().at(&tmp)?;
                 }
-                Ok(())
+                seal(&f).at(&tmp)
             })();
             (hasher.join().expect("hashing does not panic"), written)
         });
@@ -451,9 +464,12 @@ impl Backend for LocalBackend {
         }
         // The scratch file has its creator's umask mode: share it before it gets its name.
         sharing::share_path(self.sharing.as_ref(), &tmp);
+        let f = File::open(&tmp).at(&tmp)?;
         if self.sync {
-            File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)?;
+            f.sync_all().at(&tmp)?;
         }
+        seal(&f).at(&tmp)?;
+        drop(f);
         self.publish_file(&tmp, &dest, true).map(|_| ())
     }
 
@@ -499,7 +515,7 @@ impl Backend for LocalBackend {
     }
 
     fn put_manifest(&self, key: &Key, bytes: &[u8], replace: bool) -> Result<bool> {
-        self.publish(&self.manifest_file(key), bytes, replace)
+        self.publish(&self.manifest_file(key), bytes, replace, false)
     }
 
     fn get_manifest(&self, key: &Key) -> Result<Option<Vec<u8>>> {
@@ -582,7 +598,7 @@ impl Backend for LocalBackend {
         check_record_name(kind, name)?;
         // A temp file in the record's directory, renamed over the old record (fsynced, with its
         // directory, when `sync` is on; given the shared group's modes before it is renamed).
-        self.publish(&self.records_dir(kind).join(name), bytes, true)
+        self.publish(&self.records_dir(kind).join(name), bytes, true, false)
             .map(|_| ())
     }
 
@@ -597,11 +613,12 @@ impl Backend for LocalBackend {
         let entries = match fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            // Something else at the kind's place: reported as a stray, holds no records.
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => return Ok(Vec::new()),
             Err(e) => return Err(Error::io(&dir, e)),
         };
         let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.at(&dir)?;
+        for entry in entries.flatten() {
             // Temp files (`.tmp-…`) and anything else that is not a valid record name are not
             // records.
             let Ok(name) = entry.file_name().into_string() else {
@@ -633,6 +650,18 @@ impl Backend for LocalBackend {
         }
     }
 
+    fn strays(&self) -> Result<Vec<Stray>> {
+        Ok(walk::strays(&self.root, &self.leases))
+    }
+
+    fn remove_stray(&self, stray: &Stray) -> Result<()> {
+        walk::remove_stray(&self.root, &stray.id)
+    }
+
+    fn collect_temp_files(&self, grace: Duration) -> Result<(u64, u64)> {
+        Ok(walk::collect_temp_files(&self.root, grace))
+    }
+
     fn scratch_dir(&self) -> PathBuf {
         let dir = self.root.join("tmp");
         if self.sharing.is_some() {
@@ -651,17 +680,18 @@ impl Backend for LocalBackend {
 /// has just removed. The mtime is set to "now" with `UTIME_NOW`, which any user with write
 /// access may do (an explicit time needs the owner: a teammate's blob in a shared store would
 /// silently keep its old mtime) and which NFS evaluates on the server's clock, the clock gc's
-/// ages are measured against. A blob we cannot open for writing is rewritten (same content).
+/// ages are measured against. A blob whose times we may not set (a teammate's, in a shared
+/// store) is rewritten (same content).
 fn reuse_existing(dest: &Path, size: u64) -> bool {
     use std::os::fd::AsRawFd;
-    let Ok(f) = File::options().write(true).open(dest) else {
+    // Blobs are read-only files: opened for reading, their times set as their owner (or root).
+    let Ok(f) = File::open(dest) else {
         return false;
     };
     match f.metadata() {
         Ok(m) if m.len() == size => {
             // SAFETY: a valid open descriptor; a null `times` means "both to the current time".
-            unsafe { libc::futimens(f.as_raw_fd(), std::ptr::null()) };
-            true
+            unsafe { libc::futimens(f.as_raw_fd(), std::ptr::null()) == 0 }
         }
         _ => false,
     }
