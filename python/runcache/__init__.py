@@ -17,7 +17,7 @@ from runcache._core import (
 )
 from runcache._entry import Entry, Explanation
 from runcache._executors import Executor, Inline, Local, Manual
-from runcache._memory import Memory
+from runcache._memory import CollisionWarning, Memory
 from runcache._scope import artifact_path, set_metadata
 from runcache._slurm import Slurm
 from runcache._sweep import (
@@ -35,6 +35,7 @@ from runcache._task import Task, Terminated, task
 __version__ = _core.__version__
 
 __all__ = [
+    "CollisionWarning",
     "CorruptEntryError",
     "Entry",
     "Executor",

@@ -7,10 +7,10 @@
 >>> fit(X, 0.1)                           # computes once, then loads
 >>> Pipeline(steps, memory=memory)        # scikit-learn reuses fitted transformers
 
-Differences from joblib, all deliberate:
+The store lives in ``location/runcache`` (as joblib's lives in ``location/joblib``), so any
+directory works; a ``location`` that already is a runcache store, or a store URL, is used as
+is. Failures are never cached, as in joblib. What differs on purpose (docs/joblib.md):
 
-- ``location`` is the runcache store itself (a path, or any store URL runcache accepts); joblib
-  writes below ``location/joblib``. ``location=None`` disables caching, as in joblib.
 - The key is runcache's canonical content key. Arguments runcache cannot hash by value get a
   key from what defines them, never from a pickle: scikit-learn estimators (anything with
   ``get_params``) by class + parameters + fitted attributes (names ending in ``_``), numpy
@@ -26,7 +26,10 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import logging
+import os
 import re
+import sys
 import time
 import types
 import warnings
@@ -34,9 +37,33 @@ from typing import Any, Callable, Iterable
 
 from runcache import _config, _core
 from runcache._entry import Entry, Explanation
-from runcache._task import Task
+from runcache._task import Task, _source_hash
 
-__all__ = ["Memory", "MemorizedFunc", "MemorizedResult", "NotMemorizedFunc", "NotMemorizedResult"]
+__all__ = [
+    "CollisionWarning",
+    "Memory",
+    "MemorizedFunc",
+    "MemorizedResult",
+    "NotMemorizedFunc",
+    "NotMemorizedResult",
+    "STORE_DIR",
+]
+
+#: The subdirectory of ``location`` that holds the store (joblib's is ``joblib``).
+STORE_DIR = "runcache"
+
+# joblib's logger: its users' logging configuration applies to rc.Memory's messages too.
+_log = logging.getLogger("joblib")
+
+
+class CollisionWarning(UserWarning):
+    """Two different functions are cached under the same name (lambdas, a function redefined
+    in a notebook): their results are kept apart only if their source differs and is readable."""
+
+
+# Per cached name: the code object and source hash of the last function cached under it here.
+_seen_names: dict[str, tuple[Any, str | None]] = {}
+
 
 # Argument types runcache hashes natively with nothing to adapt (the hit path's fast check).
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
@@ -62,6 +89,77 @@ def _mmap_of(mmap_mode: str | None) -> bool:
         f"mmap_mode={mmap_mode!r} is not supported: stored results are immutable. "
         "Use 'r' (read-only memory map), 'c' or None (writable in-memory copies)."
     )
+
+
+def _store_of(location: str) -> str:
+    """Where ``Memory(location)`` keeps its store: ``location/runcache``, unless ``location`` is
+    a store URL or already a runcache store (stores made before the subdirectory existed)."""
+    if "://" in location:
+        return location
+    location = os.path.expanduser(location)
+    if os.path.isfile(os.path.join(location, "RUNCACHE-STORE.json")):
+        return location
+    return os.path.join(location, STORE_DIR)
+
+
+def _check_collision(name: str, func: Callable) -> None:
+    """Warns (`CollisionWarning`) when a different function was cached under ``name`` in this
+    process. The same function, or one defined again with equal code (a notebook cell run
+    twice), is no collision."""
+    code = getattr(func, "__code__", None)
+    source = _source_hash(func)
+    previous = _seen_names.get(name)
+    _seen_names[name] = (code, source)
+    if previous is None or code is None or previous[0] is code or previous[0] == code:
+        return
+    if source is None or source == previous[1]:
+        detail = "runcache cannot tell their sources apart, so their results are mixed up"
+    else:
+        detail = "their source differs, so their results are kept apart"
+    warnings.warn(
+        CollisionWarning(
+            f"two different functions are cached under the name {name}: {detail}. Give "
+            "each its own name (a def instead of a lambda) to avoid the confusion."
+        ),
+        stacklevel=4,
+    )
+
+
+def _owner(a: Any) -> Any:
+    """The object that owns an array's memory (a runcache ``Blob`` for a loaded result)."""
+    while True:
+        base = a.obj if isinstance(a, memoryview) else getattr(a, "base", None)
+        if base is None:
+            return a
+        a = base
+
+
+def _memmaps(value: Any) -> Any:
+    """``value`` with each numpy array backed by a mapped store blob viewed as a read-only
+    ``np.memmap`` (joblib's type for ``mmap_mode='r'``), looking into tuples, lists and dicts."""
+    np = sys.modules.get("numpy")
+    if np is None:
+        return value
+
+    def convert(v: Any) -> Any:
+        t = type(v)
+        if t is np.ndarray:
+            owner = _owner(v)
+            if not (isinstance(owner, _core.Blob) and owner.mapped):
+                return v
+            m = v.view(np.memmap)
+            # What np.memmap records of its file: the mapping (keeps slices memmaps), mode.
+            m._mmap, m.filename, m.offset, m.mode = owner, None, 0, "r"
+            return m
+        if t is tuple or t is list:
+            items = [convert(x) for x in v]
+            return v if all(a is b for a, b in zip(items, v)) else t(items)
+        if t is dict:
+            out = {k: convert(x) for k, x in v.items()}
+            return v if all(out[k] is x for k, x in v.items()) else out
+        return v
+
+    return convert(value)
 
 
 # ------------------------------------------------------------------------------------------
@@ -277,7 +375,8 @@ class MemorizedResult:
 
     def get(self) -> Any:
         """Loads the stored result (raises if it was cleared)."""
-        return self.entry.load(mmap=self.mmap)
+        value = self.entry.load(mmap=self.mmap)
+        return _memmaps(value) if self.mmap else value
 
     def clear(self) -> None:
         """Deletes the stored result."""
@@ -376,10 +475,15 @@ class MemorizedFunc:
         self._verbose = verbose
         self._mmap = _mmap_of(mmap_mode)
         name = _qualname(func)
+        self._computed = 0  # calls of the function by this object (tells a load from a compute)
+        self._collision_checked = False
 
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
             args, kwargs = _unwrap(args, kwargs)
+            self._computed += 1
+            if self._verbose > 10:
+                _log.warning("[%s]: Computing func %s in location %s", self, name, location)
             if self._verbose > 0:
                 shown = {k: v for k, v in kwargs.items() if k not in self.ignore}
                 print(f"[Memory] Calling {name}({_describe(args, shown)})", flush=True)
@@ -396,6 +500,7 @@ class MemorizedFunc:
             track_code=True,
             options={"store": location, "mmap": self._mmap},
         )
+        self.task._sticky_failures = False  # joblib never caches an exception
         self._call = self.task.__call__
         try:
             functools.update_wrapper(self, func)
@@ -422,9 +527,68 @@ class MemorizedFunc:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         args, kwargs = _adapt(args, kwargs)
-        if self.cache_validation_callback is not None:
-            self._validate(args, kwargs)
-        return self._call(*args, **kwargs)
+        if not self._collision_checked or self._verbose > 4:
+            return self._call_noisy(args, kwargs)
+        computed = self._computed
+        try:
+            if self.cache_validation_callback is not None:
+                self._validate(args, kwargs)
+            out = self._call(*args, **kwargs)
+        except TypeError as e:
+            self._raise_bad_call(e, args, kwargs)
+            raise
+        return self._mapped(out, computed != self._computed, args, kwargs) if self._mmap else out
+
+    def _mapped(self, out: Any, computed: bool, args: tuple, kwargs: dict) -> Any:
+        """With ``mmap_mode='r'``: the result as joblib returns it, arrays as ``np.memmap``, the
+        first call's too (the stored result is loaded back, mapped, as joblib does)."""
+        if computed:
+            try:
+                out = self.task.entry(*args, **kwargs).load(mmap=True)
+            except Exception:
+                pass  # not stored (a read-only store): the computed value it is
+        return _memmaps(out)
+
+    def _call_noisy(self, args: tuple, kwargs: dict) -> Any:
+        """A call on the slow path: the first one (collision check) or with ``verbose > 4``
+        (joblib's messages: querying at >= 20, the load time of a hit at > 4)."""
+        self._check_collision()
+        if self._verbose >= 20:
+            _log.info(
+                "[%s]: Querying %s with arguments (%s), key %s; the store location is %s",
+                self, self.task.name, _describe(*_unwrap(args, kwargs)),
+                self.key(*args, **kwargs), self.location,
+            )
+        computed, t0 = self._computed, time.perf_counter()
+        try:
+            if self.cache_validation_callback is not None:
+                self._validate(args, kwargs)
+            out = self._call(*args, **kwargs)
+        except TypeError as e:
+            self._raise_bad_call(e, args, kwargs)
+            raise
+        if self._verbose > 4 and self._computed == computed:
+            print(
+                f"[Memory] {self.task.name} cache loaded - {time.perf_counter() - t0:.1f}s",
+                flush=True,
+            )
+        return self._mapped(out, computed != self._computed, args, kwargs) if self._mmap else out
+
+    def _check_collision(self) -> None:
+        if not self._collision_checked:
+            self._collision_checked = True
+            _check_collision(self.task.name, self.func)
+
+    def _raise_bad_call(self, error: TypeError, args: tuple, kwargs: dict) -> None:
+        """Raises joblib's error (ValueError) if ``error`` comes from arguments that do not fit
+        the signature; returns if it does not (raised by the function, an unhashable argument)."""
+        sig = self.task._shared["sig"].sig
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as mismatch:
+            raise ValueError(
+                f"{self.task.name}: the arguments do not match its signature {sig}: {mismatch}"
+            ) from None
 
     def _validate(self, args: tuple, kwargs: dict) -> bool:
         """Applies the validation callback; deletes an entry it rejects. True if a valid
@@ -444,16 +608,28 @@ class MemorizedFunc:
         """Forces the computation and stores its result; returns ``(output, metadata)`` (as
         joblib >= 1.3 does). ``metadata`` has ``duration``, ``time``, ``input_args``, ``key``."""
         args, kwargs = _adapt(args, kwargs)
-        out = self.task.options(mode="force")(*args, **kwargs)
+        self._check_collision()
+        try:
+            out = self.task.options(mode="force")(*args, **kwargs)
+        except TypeError as e:
+            self._raise_bad_call(e, args, kwargs)
+            raise
         info = self.task.entry(*args, **kwargs).info()
+        if self._mmap:
+            out = self._mapped(out, True, args, kwargs)
         return out, (_metadata(info) if info else {})
 
     def call_and_shelve(self, *args: Any, **kwargs: Any) -> MemorizedResult:
         """Computes the result if it is not stored; returns a lazy `MemorizedResult`
         (``.get()`` loads it, ``.clear()`` deletes it) without loading it."""
         args, kwargs = _adapt(args, kwargs)
-        if not self._validate(args, kwargs):
-            self._call(*args, **kwargs)
+        self._check_collision()
+        try:
+            if not self._validate(args, kwargs):
+                self._call(*args, **kwargs)
+        except TypeError as e:
+            self._raise_bad_call(e, args, kwargs)
+            raise
         return MemorizedResult(
             _config.store_location({"store": self.location}),
             self.task.name,
@@ -464,7 +640,11 @@ class MemorizedFunc:
     def check_call_in_cache(self, *args: Any, **kwargs: Any) -> bool:
         """Whether a valid result of this call is stored (computes nothing but the key)."""
         args, kwargs = _adapt(args, kwargs)
-        return self._validate(args, kwargs)
+        try:
+            return self._validate(args, kwargs)
+        except TypeError as e:
+            self._raise_bad_call(e, args, kwargs)
+            raise
 
     def clear(self, warn: bool = True) -> int:
         """Deletes every stored result of this function; returns how many."""
@@ -493,11 +673,14 @@ class MemorizedFunc:
 class Memory:
     """joblib.Memory's interface on a runcache store.
 
-    ``location``: the store (a directory, or any runcache store URL); ``None`` disables
-    caching (every call computes, as with joblib). ``mmap_mode``: ``'r'`` maps large arrays of
-    loaded results read-only (zero copy); ``None`` (default, as joblib) or ``'c'`` loads
-    writable copies. ``verbose > 0`` prints each computation. ``backend``, ``compress`` and
-    ``backend_options`` are accepted for compatibility: only ``'local'``/uncompressed exist.
+    ``location``: a directory (any directory: the store is its subdirectory ``runcache``, see
+    `STORE_DIR`; a directory that already is a runcache store is used as is) or a runcache
+    store URL; ``None`` disables caching (every call computes, as with joblib). ``mmap_mode``:
+    ``'r'`` maps large arrays of loaded results read-only (zero copy, as ``np.memmap``);
+    ``None`` (default, as joblib) or ``'c'`` loads copies. ``verbose``: joblib's levels (> 0
+    prints each computation, > 4 each load, > 10 and >= 20 log "Computing"/"Querying" to the
+    ``joblib`` logger). ``backend``, ``compress`` and ``backend_options`` are accepted for
+    compatibility: only ``'local'``/uncompressed exist. ``store_location`` is where the store is.
 
     Usable wherever joblib.Memory is, e.g. ``Pipeline(steps, memory=runcache.Memory(path))``.
     """
@@ -512,9 +695,11 @@ class Memory:
         backend_options: dict | None = None,
     ) -> None:
         if backend != "local":
-            raise ValueError(
-                f"backend={backend!r}: runcache.Memory selects its store by location "
-                "(a path, or a store URL such as memory://)"
+            # joblib's error for a backend it does not know.
+            raise TypeError(
+                f"Unknown location {location} or backend {backend}: runcache.Memory has the "
+                "'local' backend only and selects its store by location (a directory, or a "
+                "store URL such as s3://bucket/prefix)"
             )
         if compress:
             warnings.warn(
@@ -522,6 +707,7 @@ class Memory:
             )
         _mmap_of(mmap_mode)  # validate early
         self.location = None if location is None else str(location)
+        self.store_location = None if self.location is None else _store_of(self.location)
         self.backend = backend
         self.mmap_mode = mmap_mode
         self.compress = compress
@@ -538,7 +724,7 @@ class Memory:
         return state
 
     def _store(self) -> _core.Store:
-        return _config.open_store({"store": self.location})
+        return _config.open_store({"store": self.store_location})
 
     def cache(
         self,
@@ -581,7 +767,7 @@ class Memory:
             # scikit-learn calls cache() at every fit: reusing the object keeps that cheap.
             cached = MemorizedFunc(
                 func,
-                self.location,
+                self.store_location,
                 ignore=ignore,
                 mmap_mode=mmap_mode,
                 verbose=verbose,
@@ -615,30 +801,45 @@ class Memory:
         items_limit: int | None = None,
         age_limit: datetime.timedelta | None = None,
     ) -> dict[str, Any]:
-        """Evicts entries so the store fits the limits: at most ``bytes_limit`` bytes (int, or
-        a string with K/M/G units; least recently used entries go first), at most
-        ``items_limit`` entries (oldest first), none unused for longer than ``age_limit`` (a
-        timedelta). An entry being computed is never removed. Returns runcache's gc report."""
+        """Evicts least recently used entries until the store holds at most ``bytes_limit``
+        bytes (int, or a string with K/M/G units) and ``items_limit`` entries, and none unused
+        for longer than ``age_limit`` (a timedelta), as joblib does. An entry's size is what
+        joblib counts: the bytes of its stored result (the pickle and array buffers, plus
+        artifacts), not runcache's manifest. Returns ``{"removed": [[key, namespace, size]]}``
+        in eviction order; blobs no entry uses any more are deleted afterwards."""
         report: dict[str, Any] = {"removed": []}
         if self.location is None:
             return report
         if age_limit is not None and age_limit < datetime.timedelta(0):
             raise ValueError("age_limit must be a positive timedelta")
         store = self._store()
+        # A dry run evicting everything lists every entry, least recently used first, with
+        # its result's size and its idle time: the order and the sizes joblib's rule needs.
+        everything = json.loads(store.gc(max_size=0, dry_run=True, min_idle=0.0))["removed"]
         max_size = _parse_bytes(bytes_limit)
-        if max_size is not None or age_limit is not None:
-            report = json.loads(
-                store.gc(
-                    max_size=max_size,
-                    older_than=None if age_limit is None else age_limit.total_seconds(),
-                    min_idle=0.0,
-                )
-            )
-        if items_limit is not None:
-            manifests = [json.loads(t) for t in store.entries()]
-            manifests.sort(key=lambda m: m.get("created_unix_ms", 0))
-            excess = len(manifests) - max(0, items_limit)
-            for m in manifests[: max(0, excess)]:
-                if store.delete(m["key"]):
-                    report["removed"].append([m["key"], m["namespace"], 0])
+        total = sum(size for _, _, size in everything)
+        excess_bytes = total - max_size if max_size is not None else 0
+        excess_items = len(everything) - items_limit if items_limit is not None else 0
+        stale = self._unused_since(store, everything, age_limit)
+        for key, namespace, size in everything:
+            if excess_bytes <= 0 and excess_items <= 0 and key not in stale:
+                break
+            if store.delete(key):
+                report["removed"].append([key, namespace, size])
+            excess_bytes -= size
+            excess_items -= 1
+        if report["removed"]:
+            store.gc(min_idle=0.0)  # drops the blobs only the removed entries used
         return report
+
+    @staticmethod
+    def _unused_since(
+        store: _core.Store, everything: list, age_limit: datetime.timedelta | None
+    ) -> set[str]:
+        """The keys not used within ``age_limit`` (a dry run of runcache's age eviction)."""
+        if age_limit is None:
+            return set()
+        report = json.loads(
+            store.gc(older_than=age_limit.total_seconds(), dry_run=True, min_idle=0.0)
+        )
+        return {key for key, _, _ in report["removed"]}

@@ -76,40 +76,64 @@ def _source_hash(fn: Callable[..., Any]) -> str | None:
     return hashlib.blake2b(ast.dump(tree).encode(), digest_size=32).hexdigest()
 
 
-def _reraise_recorded(exc: BaseException) -> BaseException:
-    """Rebuilds a recorded failure as an exception of its original type where possible."""
+def _reraise_recorded(
+    exc: BaseException, raised: dict[str, type] | None = None
+) -> BaseException:
+    """Rebuilds a recorded failure as an exception of its original class: the class this
+    process saw the task raise (``raised``, by qualified name; the only way back to a class
+    defined inside a function), else the class found by import. Only when neither exists (a
+    local class recorded by another process) is it the `RecordedFailure` itself."""
     try:
         _, namespace, key, error_type, message = exc.args
     except ValueError:
         return exc
-    module, _, qualname = error_type.rpartition(".")
-    cls: Any = None
-    try:
-        cls = importlib.import_module(module or "builtins")
-        for part in qualname.split("."):
-            cls = getattr(cls, part)
-    except Exception:
-        cls = None
+    cls: Any = (raised or {}).get(error_type)
+    if cls is None:
+        module, _, qualname = error_type.rpartition(".")
+        try:
+            cls = importlib.import_module(module or "builtins")
+            for part in qualname.split("."):
+                cls = getattr(cls, part)
+        except Exception:
+            cls = None
     note = (
         f"runcache: this is the recorded failure of {namespace} (key {key[:12]}); "
         "it was not recomputed. Use mode='retry' to recompute it."
     )
     if isinstance(cls, type) and issubclass(cls, BaseException):
-        try:
-            rebuilt = cls(message)
+        rebuilt = _instance_of(cls, message)
+        if rebuilt is not None:
             rebuilt.add_note(note)
             return rebuilt
-        except Exception:
-            pass
     exc.add_note(note)
     return exc
+
+
+def _instance_of(cls: type[BaseException], message: str) -> BaseException | None:
+    """An instance of ``cls`` carrying ``message``: built with ``cls(message)`` if its
+    constructor takes that, else without running its ``__init__`` (None if neither works)."""
+    try:
+        return cls(message)
+    except Exception:
+        pass
+    try:
+        made = cls.__new__(cls, message)
+        BaseException.__init__(made, message)
+        return made
+    except Exception:
+        return None
+
+
+def _type_name(cls: type) -> str:
+    """How the engine records an exception class: ``module.qualname``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class _Signature:
     """Binds call arguments to parameter names quickly (no inspect.Signature.bind on the common
     path), fills defaults, and drops ignored parameters."""
 
-    __slots__ = ("sig", "names", "defaults", "simple", "ignore", "files", "var_names")
+    __slots__ = ("sig", "names", "defaults", "simple", "ignore", "files", "var_names", "var_kw")
 
     def __init__(
         self, fn: Callable[..., Any], ignore: Iterable[str], files: Iterable[str]
@@ -125,7 +149,11 @@ class _Signature:
         ) and not any(p.kind == p.KEYWORD_ONLY for p in params)
         self.ignore = frozenset(ignore)
         self.files = frozenset(files)
-        unknown = (self.ignore | self.files) - set(self.names)
+        # The name of the **kwargs parameter: ignored names may also arrive through it.
+        self.var_kw = next((p.name for p in params if p.kind == p.VAR_KEYWORD), None)
+        unknown = self.files - set(self.names)
+        if self.var_kw is None:
+            unknown |= self.ignore - set(self.names)
         if unknown:
             raise TypeError(
                 f"{fn.__qualname__} has no parameter(s) {sorted(unknown)} "
@@ -151,6 +179,9 @@ class _Signature:
         if self.ignore:
             for name in self.ignore:
                 bound.pop(name, None)
+            extra = bound.get(self.var_kw) if self.var_kw else None
+            if extra and not self.ignore.isdisjoint(extra):
+                bound[self.var_kw] = {k: v for k, v in extra.items() if k not in self.ignore}
         if self.files:
             for name in self.files:
                 if name in bound and bound[name] is not None:
@@ -188,16 +219,46 @@ class Task(Generic[R]):
         self.track_code = track_code
         self._options = dict(options or {})
         # State shared by all option views of the same task (signature, code hash, warnings).
-        self._shared: dict[str, Any] = _shared if _shared is not None else {
-            "sig": _Signature(fn, ignore, files),
-            "source_hash": _source_hash(fn),
-            "warned_code": False,
-        }
-        self._key_version = self.version
-        if track_code and self._shared["source_hash"]:
-            self._key_version = f"{self.version}+code.{self._shared['source_hash']}"
-        _core.register_version(self.name, self._key_version)
-    
+        # Failures are recorded and re-raised by later calls; `sticky_failures=False` (what
+        # runcache.Memory uses, as joblib never caches exceptions) recomputes them instead.
+        self._sticky_failures = True
+        if _shared is None:
+            code_owner = inspect.unwrap(fn)
+            _shared = {
+                "sig": _Signature(fn, ignore, files),
+                "warned_code": False,
+                # The function whose __code__ the source hash describes (None: no __code__).
+                "code_owner": code_owner if hasattr(code_owner, "__code__") else None,
+                "raised": {},  # exception classes this task raised here, by recorded name
+            }
+        self._shared = _shared
+        if "code" not in _shared:
+            self._refresh_code()
+
+    def _refresh_code(self) -> None:
+        """(Re)computes the source hash and the key version from the function's code as it is
+        now; called at definition and whenever ``__code__`` was replaced in place."""
+        shared = self._shared
+        owner = shared["code_owner"]
+        shared["code"] = owner.__code__ if owner is not None else None
+        shared["source_hash"] = _source_hash(self.fn)
+        version = self.version
+        if self.track_code and shared["source_hash"]:
+            version = f"{self.version}+code.{shared['source_hash']}"
+        shared["key_version"] = version
+        _core.register_version(self.name, version)
+
+    @property
+    def _key_version(self) -> str:
+        """The version that enters keys: ``version``, plus the code hash with ``track_code``."""
+        return self._shared["key_version"]
+
+    def _check_code(self) -> None:
+        """Notices a ``__code__`` replaced in place (reloaders, notebooks): one identity check."""
+        owner = self._shared["code_owner"]
+        if owner is not None and owner.__code__ is not self._shared["code"]:
+            self._refresh_code()
+
     def __repr__(self) -> str:
         return f"<runcache.task {self.name} v{self.version}>"
 
@@ -234,6 +295,7 @@ class Task(Generic[R]):
         arguments, version or dependencies differ."""
         opts = self._effective()
         bound = self._bound(args, kwargs)
+        self._check_code()
         return explain_call(
             _config.open_store(opts), self.name, self._key_version, bound
         )
@@ -259,6 +321,7 @@ class Task(Generic[R]):
         (and the traceback of its exception) goes where ``capture()`` sends it."""
         fn = self.fn
         source_hash = self._shared["source_hash"]
+        raised = self._shared["raised"]
 
         def compute() -> tuple[Any, list[tuple[str, str]], str]:
             scope = _scope.Scope(store.scratch_dir())
@@ -270,6 +333,9 @@ class Task(Generic[R]):
                     value = fn(*args, **kwargs)
                 else:
                     value = _run_captured(capture, fn, args, kwargs)
+            except BaseException as e:
+                raised[_type_name(type(e))] = type(e)
+                raise
             finally:
                 _computing.depth -= 1
                 _scope.leave(token)
@@ -284,6 +350,7 @@ class Task(Generic[R]):
     # -- sweeps --------------------------------------------------------------------------
 
     def _key_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        self._check_code()
         return _core.compute_key(self.name, self._key_version, self._bound(args, kwargs))
 
     def _runner(self) -> dict[str, Any]:
@@ -417,6 +484,9 @@ class Task(Generic[R]):
         mode = opts.get("mode", "cached")
         if mode == "off":
             return self.fn(*args, **kwargs)
+        if mode == "cached" and not self._sticky_failures:
+            mode = "retry"
+        self._check_code()
         bound = self._shared["sig"].bind(args, kwargs)
         key = _core.compute_key(self.name, self._key_version, bound)
         store = _config.open_store(opts)
@@ -443,7 +513,7 @@ class Task(Generic[R]):
             )
             result: R = value
         except _core.RecordedFailure as e:
-            raise _reraise_recorded(e) from None
+            raise _reraise_recorded(e, shared["raised"]) from None
         except Terminated:
             if getattr(_computing, "depth", 0) == 0:
                 _die_of_sigterm()

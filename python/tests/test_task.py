@@ -333,3 +333,60 @@ def test_file_arguments_are_keyed_by_content(store, tmp_path):
     p.write_text("a\nb\nc\n")
     assert count_lines(str(p)) == 3, "changed content: a miss"
     assert len(calls) == 2
+
+
+def test_recorded_failure_of_a_class_defined_in_a_function_keeps_its_class(store):
+    class LocalError(Exception):  # pickle cannot rebuild it: only this process has it
+        pass
+
+    calls = []
+
+    @rc.task
+    def fails(x):
+        calls.append(x)
+        raise LocalError(f"local {x}")
+
+    with pytest.raises(LocalError):
+        fails(1)
+    with pytest.raises(LocalError, match="local 1") as e:
+        fails(1)
+    assert calls == [1], "the @rc.task default still records failures"
+    assert any("retry" in n for n in getattr(e.value, "__notes__", []))
+
+
+def test_recorded_failure_of_a_class_with_its_own_init_keeps_its_class(store):
+    calls = []
+
+    @rc.task
+    def fails(x):
+        calls.append(x)
+        raise NeedsTwo("a", "b")
+
+    with pytest.raises(NeedsTwo):
+        fails(1)
+    with pytest.raises(NeedsTwo):
+        fails(1)
+    assert calls == [1]
+
+
+class NeedsTwo(Exception):
+    """An exception whose constructor takes two arguments (not one message)."""
+
+    def __init__(self, first, second):
+        super().__init__(f"{first}/{second}")
+
+
+def test_ignore_a_name_that_arrives_through_kwargs(store):
+    calls = []
+
+    @rc.task(ignore=["verbose"])
+    def fit(x, **kwargs):
+        calls.append(kwargs)
+        return x
+
+    assert fit(1, verbose=True) == 1 and fit(1, verbose=False) == 1
+    assert calls == [{"verbose": True}], "two calls differing only in verbose share an entry"
+    assert fit.key(1, verbose=3) == fit.key(1)
+    assert fit.key(1, other=3) != fit.key(1), "other kwargs enter the key"
+    with pytest.raises(TypeError, match="no parameter"):
+        rc.task(lambda x: x, ignore=["verbose"])
