@@ -419,3 +419,94 @@ fn local_stray_objects_are_damaged_items() {
         conformance::damage::stray_object_is_one_damaged_item(store, &|_| plant(&root));
     }
 }
+
+/// Sets the mtime of a file or directory `ago` in the past.
+fn age_path(path: &std::path::Path, ago: std::time::Duration) {
+    let t = std::time::SystemTime::now() - ago;
+    fs::File::open(path).unwrap().set_modified(t).unwrap();
+}
+
+/// A pid that no process has now (a child that has exited and been reaped).
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+/// gc and verify --repair remove the temporary files and artifact scratch directories of killed
+/// writers once they are older than the grace period (1 h; 24 h for another host's), and keep
+/// fresh ones, those of live processes, and scratch directories written to recently.
+#[test]
+fn temp_files_of_killed_writers_are_collected_after_the_grace_period() {
+    use std::time::Duration;
+    const H: Duration = Duration::from_secs(3600);
+    let host = runcache::host_name();
+    let (me, dead) = (std::process::id(), dead_pid());
+    for repair in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        let store = Store::open(root.to_str().unwrap()).unwrap();
+        let t = store.task("tmp.keep");
+        t.get_or_compute_bytes(&1u32, |_| Ok::<_, String>(vec![7u8; 10_000]))
+            .unwrap();
+        fs::create_dir_all(root.join("tmp")).unwrap();
+        fs::create_dir_all(root.join("blobs/ab")).unwrap();
+        // (path, age, expected to be removed)
+        let files = [
+            (format!("tmp/.tmp-{host}-{dead}-01"), 2 * H, true),
+            (format!("tmp/.tmp-{host}-{me}-02"), 2 * H, false),
+            (format!("tmp/.tmp-{host}-{dead}-03"), Duration::ZERO, false),
+            (format!("tmp/.tmp-elsewhere.lan-{dead}-04"), 2 * H, false),
+            (format!("tmp/.tmp-elsewhere.lan-{dead}-05"), 30 * H, true),
+            (format!("tmp/.tmp-{dead}-06"), 30 * H, true),
+            (format!("blobs/ab/.tmp-{host}-{dead}-07"), 2 * H, true),
+            (format!("records/sweep/.tmp-{host}-{dead}-08"), 2 * H, true),
+        ];
+        fs::create_dir_all(root.join("records/sweep")).unwrap();
+        for (p, ago, _) in &files {
+            fs::write(root.join(p), vec![1u8; 4096]).unwrap();
+            age_path(&root.join(p), *ago);
+        }
+        // Scratch directories: one all old, one with a file written just now.
+        let old_dir = root.join(format!("tmp/artifacts-{host}-{dead}-09"));
+        let busy_dir = root.join(format!("tmp/artifacts-{host}-{dead}-10"));
+        for (d, file_ago) in [(&old_dir, 2 * H), (&busy_dir, Duration::ZERO)] {
+            fs::create_dir_all(d.join("plots")).unwrap();
+            fs::write(d.join("plots/a.png"), b"png").unwrap();
+            age_path(&d.join("plots/a.png"), file_ago);
+            age_path(&d.join("plots"), 2 * H);
+            age_path(d, 2 * H);
+        }
+
+        let removed = if repair {
+            store
+                .verify(true, &|_, _, _| {})
+                .unwrap()
+                .temp_files_removed
+        } else {
+            let report = store
+                .gc(
+                    &runcache::GcOptions {
+                        older_than: Some(H),
+                        ..Default::default()
+                    },
+                    &|_, _, _| {},
+                )
+                .unwrap();
+            assert!(report.temp_bytes_freed >= 4 * 4096, "{report:?}");
+            report.temp_files_removed
+        };
+        assert_eq!(removed, 6, "repair={repair}");
+        for (p, _, gone) in &files {
+            assert_eq!(!root.join(p).exists(), *gone, "{p} (repair={repair})");
+        }
+        assert!(!old_dir.exists());
+        assert!(busy_dir.join("plots/a.png").exists());
+        assert_eq!(
+            t.get_or_compute_bytes(&1u32, |_| Err::<Vec<u8>, _>("must hit"))
+                .unwrap(),
+            vec![7u8; 10_000]
+        );
+    }
+}

@@ -82,6 +82,72 @@ fn postgres_store_conforms() {
     });
 }
 
+/// The conformance check for stray rows: a manifest row whose key is not 32 bytes, a held lease
+/// whose record does not parse.
+#[test]
+fn stray_rows_are_damaged_items() {
+    let Some(url) = server() else { return };
+    let mut schemas = Schemas {
+        url: url.clone(),
+        names: Vec::new(),
+    };
+    let plants: [(&str, &str); 2] = [
+        (
+            "INSERT INTO \"{s}\".manifests (key, body) VALUES ('\\x0102030405', 'x')",
+            "table manifests, key 0102030405",
+        ),
+        (
+            "INSERT INTO \"{s}\".leases (key, generation, owner, record, ttl_ms)
+             VALUES (decode(repeat('ab', 32), 'hex'), 1, 'o', '{\"gen', 1000)",
+            "table leases",
+        ),
+    ];
+    for (sql, fragment) in plants {
+        let schema = fresh_schema("stray");
+        schemas.names.push(schema.clone());
+        let store = Store::open(&with_schema(&url, &schema)).unwrap();
+        conformance::damage::stray_object_is_one_damaged_item(store, &|_| {
+            admin(&url)
+                .batch_execute(&sql.replace("{s}", &schema))
+                .unwrap();
+            fragment.to_string()
+        });
+    }
+}
+
+/// A manifest row whose body is NULL (a table altered by hand) is one damaged entry: listed,
+/// reported and removed by verify, never a failure of the listing.
+#[test]
+fn a_null_manifest_body_is_a_damaged_entry() {
+    let Some(url) = server() else { return };
+    let schema = fresh_schema("null");
+    let _cleanup = Schemas {
+        url: url.clone(),
+        names: vec![schema.clone()],
+    };
+    let store = Store::open(&with_schema(&url, &schema)).unwrap();
+    let t = store.task("pg.null");
+    t.get_or_compute(&1u32, || Ok::<_, String>(1u32)).unwrap();
+    admin(&url)
+        .batch_execute(&format!(
+            "ALTER TABLE \"{schema}\".manifests ALTER COLUMN body DROP NOT NULL;
+             INSERT INTO \"{schema}\".manifests (key, body) VALUES (decode(repeat('cd', 32), 'hex'), NULL)"
+        ))
+        .unwrap();
+    let entries = store.entries().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries.iter().filter(|e| e.manifest.is_none()).count(), 1);
+    let report = store.verify(true, &|_, _, _| {}).unwrap();
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert_eq!(report.removed, 1);
+    assert_eq!(store.entries().unwrap().len(), 1);
+    assert_eq!(
+        t.get_or_compute(&1u32, || Err::<u32, _>("must hit"))
+            .unwrap(),
+        1
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Real processes
 

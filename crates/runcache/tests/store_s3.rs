@@ -114,6 +114,14 @@ impl Raw {
         })
     }
 
+    /// Writes an object straight to the server (garbage the backend never writes).
+    fn put(&self, path: &str, bytes: &[u8]) {
+        use object_store::ObjectStoreExt;
+        let path = object_store::path::Path::from(path);
+        let payload = object_store::PutPayload::from(bytes.to_vec());
+        self.rt.block_on(self.store.put(&path, payload)).unwrap();
+    }
+
     /// Names of the objects under `prefix`.
     fn list(&self, prefix: &str) -> Vec<String> {
         use futures::StreamExt;
@@ -141,6 +149,28 @@ fn object_root(location: &str) -> String {
 fn s3_store_conforms() {
     let Some(base) = service() else { return };
     conformance::run_all(&|| Store::open(&fresh(&base, "conf", "")).unwrap());
+}
+
+/// The conformance check for stray objects: a misnamed object under the prefix, a blob name
+/// that is not a digest, a lock object that does not parse.
+#[test]
+fn stray_objects_under_the_prefix_are_damaged_items() {
+    let Some(base) = service() else { return };
+    let hex = format!("ab{}", "c".repeat(62));
+    for (rel, body) in [
+        ("manifests/stray".to_string(), &b"x"[..]),
+        ("blobs/ab/not-a-digest".to_string(), b"x"),
+        (format!("leases/ab/{hex}.json"), b"{\"phase\": 7"),
+    ] {
+        let loc = fresh(&base, "stray", "");
+        let store = Store::open(&loc).unwrap();
+        let raw = Raw::new(&base);
+        let root = object_root(&loc);
+        conformance::damage::stray_object_is_one_damaged_item(store, &|_| {
+            raw.put(&format!("{root}/{rel}"), body);
+            rel.clone()
+        });
+    }
 }
 
 #[test]

@@ -56,6 +56,20 @@ fn tiered_store_conforms() {
     });
 }
 
+/// The conformance check for stray objects, planted in the far tier: reported through the
+/// tiered store and removed from the tier that holds it.
+#[test]
+fn stray_object_in_a_far_tier_is_a_damaged_item() {
+    let near = tempfile::tempdir().unwrap();
+    let far = tempfile::tempdir().unwrap();
+    let store = Store::open_tiered(&[s(near.path()), s(far.path())]).unwrap();
+    let far_root = far.path().to_path_buf();
+    conformance::damage::stray_object_is_one_damaged_item(store, &|_| {
+        std::fs::write(far_root.join("manifests/stray"), b"x").unwrap();
+        format!("{}/manifests/stray", far_root.display())
+    });
+}
+
 #[test]
 fn remote_hit_fills_local_then_serves_without_remote() {
     let local = tempfile::tempdir().unwrap();

@@ -15,7 +15,11 @@ use std::time::Duration;
 
 use postgres::{Client, Config, GenericClient, NoTls, Row, Statement};
 
-use super::{check_record_kind, check_record_name, Backend, BackendOptions, BlobInfo, BlobReader};
+use super::{
+    check_record_kind, check_record_name, Backend, BackendOptions, BlobInfo, BlobReader, Stray,
+};
+
+mod strays;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::key::Key;
@@ -1014,15 +1018,16 @@ impl Backend for PostgresBackend {
         let rows = self
             .db
             .query("listing blobs", &self.db.sql.blob_list, &[])?;
-        rows.iter()
-            .map(|r| {
-                Ok(BlobInfo {
-                    digest: digest_from(r.get(0), &self.db)?,
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(BlobInfo {
+                    digest: digest_from(r.get(0), &self.db).ok()?,
                     size: r.get::<_, i64>(1).max(0) as u64,
                     age_s: Some(r.get::<_, i64>(2).max(0) as u64),
                 })
             })
-            .collect()
+            .collect())
     }
 
     fn put_manifest(&self, key: &Key, bytes: &[u8], replace: bool) -> Result<bool> {
@@ -1046,7 +1051,10 @@ impl Backend for PostgresBackend {
         let rows = self
             .db
             .query("reading a manifest", &self.db.sql.manifest_get, &[&k])?;
-        Ok(rows.first().map(|r| r.get(0)))
+        // A NULL body (a table altered by hand) reads as empty: a damaged entry.
+        Ok(rows
+            .first()
+            .map(|r| r.get::<_, Option<Vec<u8>>>(0).unwrap_or_default()))
     }
 
     fn delete_manifest(&self, key: &Key) -> Result<()> {
@@ -1060,9 +1068,19 @@ impl Backend for PostgresBackend {
         let rows = self
             .db
             .query("listing manifests", &self.db.sql.manifest_list, &[])?;
-        rows.iter()
-            .map(|r| key_from(r.get(0), &self.db, "manifest"))
-            .collect()
+        // A row with a bad key is a stray (`strays`), not a failed listing.
+        Ok(rows
+            .iter()
+            .filter_map(|r| key_from(r.get(0), &self.db, "manifest").ok())
+            .collect())
+    }
+
+    fn strays(&self) -> Result<Vec<Stray>> {
+        self.find_strays()
+    }
+
+    fn remove_stray(&self, stray: &Stray) -> Result<()> {
+        self.delete_stray(&stray.id)
     }
 
     fn manifest_location(&self, key: &Key) -> String {
@@ -1305,12 +1323,14 @@ impl LeaseBackend for PostgresLeases {
         let rows = self
             .db
             .query("listing leases", &self.db.sql.lease_list, &[])?;
-        rows.iter()
-            .map(|row| {
-                let key = key_from(row.get(0), &self.db, "lease")?;
-                Ok((key, self.state(&key, row, 1)?))
+        // A row with a bad key or an unparsable record is a stray of the store.
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let key = key_from(row.get(0), &self.db, "lease").ok()?;
+                Some((key, self.state(&key, row, 1).ok()?))
             })
-            .collect()
+            .collect())
     }
 
     fn clean(&self, key: &Key) -> Result<()> {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use super::{
     check_record_kind, check_record_name, open_backend, Backend, BackendOptions, BlobInfo,
-    BlobReader, PollWatch, Watch,
+    BlobReader, PollWatch, Stray, Watch,
 };
 use crate::digest::{Digest, StreamHasher};
 use crate::error::{Error, Result};
@@ -488,6 +488,48 @@ impl Backend for TieredBackend {
             Some(i) => self.tiers[i].backend.watch(key),
             None => Ok(Box::new(PollWatch::default())),
         }
+    }
+
+    fn strays(&self) -> Result<Vec<Stray>> {
+        // Each tier's own, its index prefixed to the id so that removal goes back to it.
+        let mut out = Vec::new();
+        for (i, t) in self.tiers.iter().enumerate() {
+            out.extend(t.backend.strays()?.into_iter().map(|s| Stray {
+                id: format!("{i}:{}", s.id),
+                ..s
+            }));
+        }
+        Ok(out)
+    }
+
+    fn remove_stray(&self, stray: &Stray) -> Result<()> {
+        let (i, id) = stray
+            .id
+            .split_once(':')
+            .and_then(|(i, id)| Some((i.parse::<usize>().ok()?, id)))
+            .filter(|(i, _)| *i < self.tiers.len())
+            .ok_or_else(|| Error::Invalid(format!("bad stray id `{}`", stray.id)))?;
+        let tier = &self.tiers[i];
+        if tier.read_only {
+            return Err(Error::ReadOnly {
+                location: tier.backend.location(),
+                reason: format!("cannot remove {}", stray.location),
+            });
+        }
+        tier.backend.remove_stray(&Stray {
+            id: id.to_string(),
+            ..stray.clone()
+        })
+    }
+
+    fn collect_temp_files(&self, grace: std::time::Duration) -> Result<(u64, u64)> {
+        let (mut n, mut bytes) = (0, 0);
+        for t in self.tiers.iter().filter(|t| !t.read_only) {
+            let (a, b) = t.backend.collect_temp_files(grace)?;
+            n += a;
+            bytes += b;
+        }
+        Ok((n, bytes))
     }
 
     fn scratch_dir(&self) -> PathBuf {

@@ -97,6 +97,11 @@ impl S3Leases {
         self.client.url(&Self::rel(key))
     }
 
+    /// Whether `key`'s lock object (if any) can be read: the error says what is wrong.
+    pub(super) fn check(&self, key: &Key) -> Result<()> {
+        self.load(key).map(|_| ())
+    }
+
     /// Reads the lock object: `None` if absent, else its body and etag.
     fn load(&self, key: &Key) -> Result<Option<(LockBody, String)>> {
         let rel = Self::rel(key);
@@ -223,8 +228,15 @@ impl LeaseBackend for S3Leases {
                 continue;
             };
             // Vanished since the listing (never happens today: lock objects are not deleted).
-            let Some((body, _)) = self.load(&key)? else {
-                continue;
+            // One that does not parse is a stray of the store, not a failed listing.
+            let (body, _) = match self.load(&key) {
+                Ok(Some(found)) => found,
+                Ok(None) => continue,
+                Err(e) if e.is_object_damage() => {
+                    log::debug!("skipping lease {key}: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             if body.phase != Phase::Cleaned {
                 out.push((key, body.state()));

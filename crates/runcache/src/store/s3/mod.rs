@@ -30,13 +30,16 @@ use object_store::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{check_record_kind, check_record_name, Backend, BlobInfo, BlobReader, STORE_FORMAT};
+use super::{
+    check_record_kind, check_record_name, Backend, BlobInfo, BlobReader, Stray, STORE_FORMAT,
+};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::key::Key;
 use crate::lease::LeaseBackend;
 
 mod lease;
+mod strays;
 
 pub use lease::S3Leases;
 
@@ -792,6 +795,14 @@ impl Backend for S3Backend {
 
     fn manifest_location(&self, key: &Key) -> String {
         self.client.url(&Self::manifest_rel(key))
+    }
+
+    fn strays(&self) -> Result<Vec<Stray>> {
+        strays::strays(&self.client, &self.leases)
+    }
+
+    fn remove_stray(&self, stray: &Stray) -> Result<()> {
+        self.client.delete(&stray.id)
     }
 
     fn touch(&self, key: &Key, unix_ms: u64) -> Result<()> {
