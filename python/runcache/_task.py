@@ -194,6 +194,8 @@ class Task(Generic[R]):
 
     Created by :func:`task`. Options (store, mode, ...) are resolved at call time from
     ``.options(...)``, then ``runcache.config(...)``, then ``runcache.configure(...)``.
+    ``sticky_failures=False``: in the default mode, a call whose entry records a failure
+    computes again instead of re-raising it (as ``runcache.Memory`` does).
     """
 
     def __init__(
@@ -207,6 +209,7 @@ class Task(Generic[R]):
         track_code: bool = False,
         resources: dict[str, float] | None = None,
         options: dict[str, Any] | None = None,
+        sticky_failures: bool = True,
         _shared: dict[str, Any] | None = None,
     ) -> None:
         self.fn = fn
@@ -218,10 +221,10 @@ class Task(Generic[R]):
         self.version = str(version)
         self.track_code = track_code
         self._options = dict(options or {})
-        # State shared by all option views of the same task (signature, code hash, warnings).
-        # Failures are recorded and re-raised by later calls; `sticky_failures=False` (what
-        # runcache.Memory uses, as joblib never caches exceptions) recomputes them instead.
-        self._sticky_failures = True
+        # A recorded failure is re-raised by later calls; with sticky_failures=False (what
+        # runcache.Memory uses: joblib never caches exceptions) the next call recomputes it.
+        self._sticky_failures = sticky_failures
+        # State shared by all option views of the same task (signature, code, raised classes).
         if _shared is None:
             code_owner = inspect.unwrap(fn)
             _shared = {

@@ -317,7 +317,7 @@ def test_reduce_size_keeps_as_many_entries_as_joblib(tmp_path):
     assert kept[1] == kept[0]
 
 
-def test_reduce_size_items_and_age_follow_last_use(tmp_path):
+def test_reduce_size_items_and_age_limits(tmp_path):
     memory = rc.Memory(tmp_path)
 
     @memory.cache

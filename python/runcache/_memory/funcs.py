@@ -126,7 +126,8 @@ class MemorizedFunc:
         self._mmap = _mmap_of(mmap_mode)
         name = _qualname(func)
         self._computed = 0  # calls of the function by this object (tells a load from a compute)
-        self._collision_checked = False
+        self._slow_first = True  # the first call checks for a name collision
+        self._slow = True  # calls take `_call_fully`, not the hit path
 
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
@@ -149,8 +150,8 @@ class MemorizedFunc:
             ignore=self.ignore,
             track_code=True,
             options={"store": location, "mmap": self._mmap},
+            sticky_failures=False,  # joblib never caches an exception
         )
-        self.task._sticky_failures = False  # joblib never caches an exception
         self._call = self.task.__call__
         try:
             functools.update_wrapper(self, func)
@@ -177,31 +178,18 @@ class MemorizedFunc:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         args, kwargs = _adapt(args, kwargs)
-        if not self._collision_checked or self._verbose > 4:
-            return self._call_noisy(args, kwargs)
-        computed = self._computed
+        if self._slow:
+            return self._call_fully(args, kwargs)
         try:
-            if self.cache_validation_callback is not None:
-                self._validate(args, kwargs)
-            out = self._call(*args, **kwargs)
+            return self._call(*args, **kwargs)
         except TypeError as e:
             self._raise_bad_call(e, args, kwargs)
             raise
-        return self._mapped(out, computed != self._computed, args, kwargs) if self._mmap else out
 
-    def _mapped(self, out: Any, computed: bool, args: tuple, kwargs: dict) -> Any:
-        """With ``mmap_mode='r'``: the result as joblib returns it, arrays as ``np.memmap``, the
-        first call's too (the stored result is loaded back, mapped, as joblib does)."""
-        if computed:
-            try:
-                out = self.task.entry(*args, **kwargs).load(mmap=True)
-            except Exception:
-                pass  # not stored (a read-only store): the computed value it is
-        return _memmaps(out)
-
-    def _call_noisy(self, args: tuple, kwargs: dict) -> Any:
-        """A call on the slow path: the first one (collision check) or with ``verbose > 4``
-        (joblib's messages: querying at >= 20, the load time of a hit at > 4)."""
+    def _call_fully(self, args: tuple, kwargs: dict) -> Any:
+        """A call with everything the hit path leaves out: the collision check (first call),
+        the validation callback, joblib's messages (querying at ``verbose >= 20``, the load
+        time of a hit at ``> 4``) and ``np.memmap`` results."""
         self._check_collision()
         if self._verbose >= 20:
             _log.info(
@@ -217,17 +205,32 @@ class MemorizedFunc:
         except TypeError as e:
             self._raise_bad_call(e, args, kwargs)
             raise
-        if self._verbose > 4 and self._computed == computed:
+        computed = computed != self._computed
+        if self._verbose > 4 and not computed:
             print(
                 f"[Memory] {self.task.name} cache loaded - {time.perf_counter() - t0:.1f}s",
                 flush=True,
             )
-        return self._mapped(out, computed != self._computed, args, kwargs) if self._mmap else out
+        return self._mapped(out, computed, args, kwargs) if self._mmap else out
+
+    def _mapped(self, out: Any, computed: bool, args: tuple, kwargs: dict) -> Any:
+        """With ``mmap_mode='r'``: the result as joblib returns it, arrays as ``np.memmap``, the
+        first call's too (the stored result is loaded back, mapped, as joblib does)."""
+        if computed:
+            try:
+                out = self.task.entry(*args, **kwargs).load(mmap=True)
+            except Exception:
+                pass  # not stored (a read-only store): the computed value it is
+        return _memmaps(out)
 
     def _check_collision(self) -> None:
-        if not self._collision_checked:
-            self._collision_checked = True
+        """Runs the collision check once, then lets plain calls take the hit path."""
+        if self._slow_first:
+            self._slow_first = False
             _check_collision(self.task.name, self.func)
+            self._slow = (
+                self._verbose > 4 or self._mmap or self.cache_validation_callback is not None
+            )
 
     def _raise_bad_call(self, error: TypeError, args: tuple, kwargs: dict) -> None:
         """Raises joblib's error (ValueError) if ``error`` comes from arguments that do not fit
