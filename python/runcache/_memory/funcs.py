@@ -42,7 +42,7 @@ def _mmap_of(mmap_mode: str | None) -> bool:
     )
 
 
-def _check_collision(name: str, func: Callable) -> None:
+def _check_collision(name: str, func: Callable, stacklevel: int) -> None:
     """Warns (`CollisionWarning`) when a different function was cached under ``name`` in this
     process. The same function, or one defined again with equal code (a notebook cell run
     twice), is no collision."""
@@ -61,7 +61,7 @@ def _check_collision(name: str, func: Callable) -> None:
             f"two different functions are cached under the name {name}: {detail}. Give "
             "each its own name (a def instead of a lambda) to avoid the confusion."
         ),
-        stacklevel=4,
+        stacklevel=stacklevel + 1,
     )
 
 
@@ -190,7 +190,7 @@ class MemorizedFunc:
         """A call with everything the hit path leaves out: the collision check (first call),
         the validation callback, joblib's messages (querying at ``verbose >= 20``, the load
         time of a hit at ``> 4``) and ``np.memmap`` results."""
-        self._check_collision()
+        self._check_collision(3)
         if self._verbose >= 20:
             _log.info(
                 "[%s]: Querying %s with arguments (%s), key %s; the store location is %s",
@@ -223,11 +223,12 @@ class MemorizedFunc:
                 pass  # not stored (a read-only store): the computed value it is
         return _memmaps(out)
 
-    def _check_collision(self) -> None:
-        """Runs the collision check once, then lets plain calls take the hit path."""
+    def _check_collision(self, stacklevel: int) -> None:
+        """Runs the collision check once (the warning points ``stacklevel`` frames up), then
+        lets plain calls take the hit path."""
         if self._slow_first:
             self._slow_first = False
-            _check_collision(self.task.name, self.func)
+            _check_collision(self.task.name, self.func, stacklevel + 1)
             self._slow = (
                 self._verbose > 4 or self._mmap or self.cache_validation_callback is not None
             )
@@ -261,7 +262,7 @@ class MemorizedFunc:
         """Forces the computation and stores its result; returns ``(output, metadata)`` (as
         joblib >= 1.3 does). ``metadata`` has ``duration``, ``time``, ``input_args``, ``key``."""
         args, kwargs = _adapt(args, kwargs)
-        self._check_collision()
+        self._check_collision(2)
         try:
             out = self.task.options(mode="force")(*args, **kwargs)
         except TypeError as e:
@@ -276,7 +277,7 @@ class MemorizedFunc:
         """Computes the result if it is not stored; returns a lazy `MemorizedResult`
         (``.get()`` loads it, ``.clear()`` deletes it) without loading it."""
         args, kwargs = _adapt(args, kwargs)
-        self._check_collision()
+        self._check_collision(2)
         try:
             if not self._validate(args, kwargs):
                 self._call(*args, **kwargs)
