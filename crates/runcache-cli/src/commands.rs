@@ -164,6 +164,16 @@ pub(crate) fn warn_damaged(objects: &[Stray]) {
     }
 }
 
+/// Names each damaged entry on stderr with what to do about it.
+pub(crate) fn warn_damaged_entries(entries: &[runcache::VerifyProblem]) {
+    for e in entries {
+        eprintln!(
+            "runcache: damaged entry {}: {}; `runcache verify --repair` removes it",
+            e.key, e.problem
+        );
+    }
+}
+
 /// Lists the store's damaged objects and names them on stderr.
 pub(crate) fn damaged_objects(store: &Store) -> Result<Vec<Stray>> {
     let objects = store.backend().strays()?;
@@ -195,13 +205,8 @@ fn ls(
         .filter(|e| !failed || status_of(e) != Status::Completed.as_str())
         .collect();
     damaged_objects(store)?;
-    for e in entries.iter().filter(|e| e.manifest.is_none()) {
-        eprintln!(
-            "runcache: damaged entry {}: {}; `runcache verify --repair` removes it",
-            e.key,
-            e.damage.as_deref().unwrap_or("unreadable manifest")
-        );
-    }
+    let damaged: Vec<_> = entries.iter().filter_map(EntryInfo::damaged).collect();
+    warn_damaged_entries(&damaged);
     if per_namespace {
         let mut sums: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
         for e in &entries {
@@ -438,6 +443,7 @@ fn gc(cli: &Cli, store: &Store, options: GcOptions) -> Result<i32> {
             eprintln!("runcache: could not evict {k}: {why}");
         }
         warn_damaged(&report.damaged_objects);
+        warn_damaged_entries(&report.damaged_entries);
         if report.temp_files_removed > 0 {
             println!(
                 "removed {} temporary files of killed writers ({})",
@@ -508,6 +514,7 @@ fn verify(cli: &Cli, store: &Store, repair: bool) -> Result<i32> {
 fn du(cli: &Cli, store: &Store) -> Result<i32> {
     let u = store.usage()?;
     warn_damaged(&u.damaged_objects);
+    warn_damaged_entries(&u.damaged_entries);
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&u)?);
         return Ok(0);

@@ -191,3 +191,16 @@ fn message(e: &anyhow::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::from_raw_os_error(20); // ENOTDIR
+        let e = anyhow::Error::from(runcache::Error::io("/s/manifests/stray", io))
+            .context("opening store `/s`");
+        let text = super::message(&e);
+        assert_eq!(text.matches("Not a directory").count(), 1, "{text}");
+        assert!(text.starts_with("opening store `/s`: I/O error on /s/manifests/stray"));
+    }
+}

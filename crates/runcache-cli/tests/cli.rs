@@ -204,7 +204,13 @@ fn missing_store_and_bad_usage_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let out = runcache(&dir.path().join("nope"), &["ls"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no store at"));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("no store at"), "{err}");
+    // ... and says how to make one.
+    assert!(
+        err.contains("runcache init") && err.contains("first cached call"),
+        "{err}"
+    );
     assert!(
         !dir.path().join("nope").exists(),
         "reading must not create a store"
@@ -213,4 +219,76 @@ fn missing_store_and_bad_usage_exit_codes() {
     assert_eq!(out.status.code(), Some(2));
     let out = runcache(dir.path(), &["gc", "--max-size", "lots"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A damaged entry's size and ages are `?` (not "20789d ago", the Unix epoch), and a size no
+/// store can hold (a damaged manifest's claim) is `?`, not "16777216.0 TiB".
+#[test]
+fn damaged_entries_show_question_marks_not_epoch_ages_or_impossible_sizes() {
+    let (_dir, store) = populated();
+    let path = Path::new(&store.location()).to_path_buf();
+    let garbled = runcache::Key(runcache::Digest::of(b"garbled"));
+    store
+        .backend()
+        .put_manifest(&garbled, b"{\"format\": 1, \"ke", false)
+        .unwrap();
+    let out = runcache(&path, &["ls"]);
+    assert!(out.status.success());
+    let human = stdout(&out);
+    let row = human
+        .lines()
+        .find(|l| l.starts_with(&garbled.to_hex()[..12]))
+        .unwrap_or_else(|| panic!("{human}"));
+    assert!(row.contains("damaged"), "{row}");
+    assert!(
+        !row.contains("d ago") && row.matches('?').count() == 3,
+        "{row}"
+    );
+
+    let key = store.task("cli.fit").version("2").key(&1u32).unwrap();
+    let mut liar = store.manifest(&key).unwrap().unwrap();
+    liar.key = runcache::Key(runcache::Digest::of(b"liar"));
+    liar.blobs[0].size = u64::MAX - 7;
+    store
+        .backend()
+        .put_manifest(&liar.key, &liar.to_bytes(), false)
+        .unwrap();
+    let out = runcache(
+        &path,
+        &["gc", "--max-size", "1", "--min-idle", "0s", "--dry-run"],
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.contains(&liar.key.to_hex()))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.ends_with(" ?"), "{row}");
+    assert!(!text.contains("16777216"), "{text}");
+}
+
+/// A damaged store marker says how to fix it (`runcache init`, which rewrites it and keeps the
+/// entries), not `verify --repair` (which cannot open the store either).
+#[test]
+fn a_damaged_marker_names_runcache_init_which_repairs_it() {
+    let (_dir, store) = populated();
+    let path = Path::new(&store.location()).to_path_buf();
+    drop(store);
+    std::fs::write(path.join("RUNCACHE-STORE.json"), b"{\"format\": ").unwrap();
+    let out = runcache(&path, &["ls"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("RUNCACHE-STORE.json") && err.contains("runcache init"),
+        "{err}"
+    );
+    assert!(!err.contains("verify --repair"), "{err}");
+    let init = runcache(&path, &["init", path.to_str().unwrap()]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let entries = json(&runcache(&path, &["ls", "--json"]));
+    assert_eq!(entries.as_array().unwrap().len(), 4);
 }

@@ -33,6 +33,8 @@ pub struct Usage {
     pub namespaces: BTreeMap<String, NamespaceUsage>,
     /// Objects in the store that are not a readable part of it (`verify --repair` removes them).
     pub damaged_objects: Vec<Stray>,
+    /// Entries whose manifest cannot be read (`verify --repair` removes them).
+    pub damaged_entries: Vec<VerifyProblem>,
 }
 
 /// One namespace's share of a store.
@@ -99,6 +101,8 @@ pub struct GcReport {
     pub errors: Vec<(Key, String)>,
     /// Objects in the store that are not a readable part of it (`verify --repair` removes them).
     pub damaged_objects: Vec<Stray>,
+    /// Entries whose manifest cannot be read (kept by gc unless evicted by age or size).
+    pub damaged_entries: Vec<VerifyProblem>,
 }
 
 /// One problem found by `verify`.
@@ -141,6 +145,17 @@ impl VerifyReport {
     }
 }
 
+impl EntryInfo {
+    /// The entry as a damaged item, if its manifest cannot be read.
+    pub fn damaged(&self) -> Option<VerifyProblem> {
+        self.manifest.is_none().then(|| VerifyProblem {
+            key: self.key,
+            namespace: None,
+            problem: self.damage.clone().unwrap_or_default(),
+        })
+    }
+}
+
 impl Store {
     /// Counts entries and bytes.
     pub fn usage(&self) -> Result<Usage> {
@@ -152,6 +167,9 @@ impl Store {
         u.damaged_objects = self.backend().strays()?;
         for e in self.entries()? {
             u.entries += 1;
+            if let Some(d) = e.damaged() {
+                u.damaged_entries.push(d);
+            }
             let ns = e
                 .manifest
                 .as_ref()
@@ -198,6 +216,7 @@ impl Store {
         let mut report = GcReport {
             dry_run: options.dry_run,
             damaged_objects: self.backend().strays()?,
+            damaged_entries: entries.iter().filter_map(EntryInfo::damaged).collect(),
             ..Default::default()
         };
         let total = entries.len() as u64;
@@ -336,11 +355,7 @@ impl Store {
             progress(i as u64, total, "verifying");
             report.entries += 1;
             let Some(m) = &e.manifest else {
-                report.problems.push(VerifyProblem {
-                    key: e.key,
-                    namespace: None,
-                    problem: e.damage.clone().unwrap_or_default(),
-                });
+                report.problems.extend(e.damaged());
                 if repair {
                     self.delete(&e.key)?;
                     report.removed += 1;

@@ -476,7 +476,12 @@ impl Store {
     /// [`Store::remove_unreferenced_blobs`]) once no other entry uses them. Returns whether the
     /// entry existed.
     pub fn delete(&self, key: &Key) -> Result<bool> {
-        let existed = self.inner.backend.get_manifest(key)?.is_some();
+        // A manifest that cannot even be read (too large, say) exists and is deleted.
+        let existed = match self.inner.backend.get_manifest(key) {
+            Ok(m) => m.is_some(),
+            Err(e) if e.is_object_damage() => true,
+            Err(e) => return Err(e),
+        };
         self.inner.backend.delete_manifest(key)?;
         self.inner.backend.forget_usage(key)?;
         self.inner.touched.lock().unwrap().remove(key);

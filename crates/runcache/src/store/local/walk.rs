@@ -19,6 +19,9 @@ pub(super) const TEMP_PREFIX: &str = ".tmp-";
 /// Prefix of the scratch directories computations write artifacts into (under `tmp/`).
 pub(crate) const ARTIFACTS_PREFIX: &str = "artifacts-";
 
+/// Longest usage stamp (a decimal unix time in ms, 13 digits today).
+const MAX_STAMP: u64 = 32;
+
 /// The sharded areas: directory name and the suffix of the files in its shards.
 const SHARDED: [(&str, &str); 3] = [("blobs", ""), ("manifests", ".json"), ("used", "")];
 
@@ -136,6 +139,8 @@ pub(super) fn strays(root: &Path, leases: &FsLeases) -> Vec<Stray> {
                         &f.path(),
                         "named like store content but not a regular file (a directory or symlink)",
                     );
+                } else if area == "used" && f.metadata().is_ok_and(|m| m.len() > MAX_STAMP) {
+                    stray(&f.path(), "too large for a usage stamp (a decimal time)");
                 }
             }
         }
