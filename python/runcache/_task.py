@@ -77,17 +77,17 @@ def _source_hash(fn: Callable[..., Any]) -> str | None:
 
 
 def _reraise_recorded(
-    exc: BaseException, raised: dict[str, type] | None = None
+    exc: BaseException, raised: dict[str, type], fn: Callable[..., Any]
 ) -> BaseException:
     """Rebuilds a recorded failure as an exception of its original class: the class this
-    process saw the task raise (``raised``, by qualified name; the only way back to a class
-    defined inside a function), else the class found by import. Only when neither exists (a
-    local class recorded by another process) is it the `RecordedFailure` itself."""
+    process saw the task raise (``raised``, by recorded name), else a class the function ``fn``
+    refers to from its closure (how a class defined in the enclosing function is reached),
+    else the class found by import. Only when none exists is it the `RecordedFailure`."""
     try:
         _, namespace, key, error_type, message = exc.args
     except ValueError:
         return exc
-    cls: Any = (raised or {}).get(error_type)
+    cls: Any = raised.get(error_type) or _closure_class(fn, error_type)
     if cls is None:
         module, _, qualname = error_type.rpartition(".")
         try:
@@ -107,6 +107,18 @@ def _reraise_recorded(
             return rebuilt
     exc.add_note(note)
     return exc
+
+
+def _closure_class(fn: Callable[..., Any], error_type: str) -> type | None:
+    """The class recorded as ``error_type`` if ``fn`` holds it in its closure."""
+    for cell in getattr(inspect.unwrap(fn), "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(value, type) and _type_name(value) == error_type:
+            return value
+    return None
 
 
 def _instance_of(cls: type[BaseException], message: str) -> BaseException | None:
@@ -516,7 +528,7 @@ class Task(Generic[R]):
             )
             result: R = value
         except _core.RecordedFailure as e:
-            raise _reraise_recorded(e, shared["raised"]) from None
+            raise _reraise_recorded(e, shared["raised"], self.fn) from None
         except Terminated:
             if getattr(_computing, "depth", 0) == 0:
                 _die_of_sigterm()

@@ -354,6 +354,24 @@ def test_recorded_failure_of_a_class_defined_in_a_function_keeps_its_class(store
     assert any("retry" in n for n in getattr(e.value, "__notes__", []))
 
 
+def test_recorded_failure_of_a_local_class_is_found_through_the_function(store):
+    class LocalError(Exception):
+        pass
+
+    calls = []
+
+    def fails(x):
+        calls.append(x)
+        raise LocalError(f"local {x}")
+
+    with pytest.raises(LocalError):
+        rc.task(fails)(1)
+    later = rc.task(fails)  # a new session: it has not seen LocalError raised
+    with pytest.raises(LocalError, match="local 1"):
+        later(1)
+    assert calls == [1]
+
+
 def test_recorded_failure_of_a_class_with_its_own_init_keeps_its_class(store):
     calls = []
 
