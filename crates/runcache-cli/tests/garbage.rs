@@ -44,7 +44,7 @@ enum Shows {
 /// Plants the garbage; returns what each kind must be reported as.
 fn plant(root: &Path, healthy: &runcache::Manifest) -> Vec<(&'static str, Shows)> {
     let mut out = Vec::new();
-    let mut put = |what: &'static str, rel: &str, body: &[u8]| {
+    let put = |rel: &str, body: &[u8]| {
         let p = root.join(rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(&p, body).unwrap();
@@ -57,7 +57,7 @@ fn plant(root: &Path, healthy: &runcache::Manifest) -> Vec<(&'static str, Shows)
     };
 
     // Manifests.
-    let p = put("plain file where a shard belongs", "manifests/stray", b"x");
+    let p = put("manifests/stray", b"x");
     out.push(("plain file where a shard belongs", obj(p)));
     let p = root.join(format!("manifests/ab/{}.json", hex('a')));
     fs::create_dir_all(&p).unwrap();
@@ -71,10 +71,10 @@ fn plant(root: &Path, healthy: &runcache::Manifest) -> Vec<(&'static str, Shows)
     fs::write(&p, b"{}").unwrap();
     out.push(("non-UTF-8 name", obj(p)));
     let rel = format!("manifests/ab/{}.json", hex('d'));
-    put("empty manifest", &rel, b"");
+    put(&rel, b"");
     out.push(("empty manifest", entry(&rel)));
     let rel = format!("manifests/ab/{}.json", hex('e'));
-    let p = put("huge sparse manifest", &rel, b"");
+    let p = put(&rel, b"");
     fs::File::options()
         .write(true)
         .open(&p)
@@ -84,45 +84,32 @@ fn plant(root: &Path, healthy: &runcache::Manifest) -> Vec<(&'static str, Shows)
     out.push(("huge sparse manifest", entry(&rel)));
     let rel = format!("manifests/ab/{}.json", hex('f'));
     let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    put("deeply nested JSON", &rel, nested.as_bytes());
+    put(&rel, nested.as_bytes());
     out.push(("deeply nested JSON", entry(&rel)));
     let rel = format!("manifests/ab/{}.json", hex('0'));
     let bytes = healthy.to_bytes();
-    put("truncated manifest", &rel, &bytes[..bytes.len() / 2]);
+    put(&rel, &bytes[..bytes.len() / 2]);
     out.push(("truncated manifest", entry(&rel)));
     let rel = format!("manifests/ab/{}.json", hex('1'));
-    put(
-        "JSON of another schema",
-        &rel,
-        br#"{"hello": {"nested": [1, {"x": null}]}}"#,
-    );
+    put(&rel, br#"{"hello": {"nested": [1, {"x": null}]}}"#);
     out.push(("JSON of another schema", entry(&rel)));
     let rel = format!("manifests/ab/{}.json", hex('2'));
-    put("manifest naming another key", &rel, &bytes);
+    put(&rel, &bytes);
     out.push(("manifest naming another key", entry(&rel)));
-    let p = put("uppercase shard", "manifests/AB/x.json", b"{}");
+    let p = put("manifests/AB/x.json", b"{}");
     out.push(("uppercase shard", obj(p.parent().unwrap().to_path_buf())));
     let p = put(
-        "uppercase hex name",
         &format!("manifests/ab/{}.json", hex('c').to_uppercase()),
         b"{}",
     );
     out.push(("uppercase hex name", obj(p)));
-    let p = put(
-        "manifest in the wrong shard",
-        &format!("manifests/cd/{}.json", hex('3')),
-        b"{}",
-    );
+    let p = put(&format!("manifests/cd/{}.json", hex('3')), b"{}");
     out.push(("manifest in the wrong shard", obj(p)));
 
     // Blobs.
-    let p = put("plain file in blobs/", "blobs/stray", b"x");
+    let p = put("blobs/stray", b"x");
     out.push(("plain file in blobs/", obj(p)));
-    let p = put(
-        "blob name that is not a digest",
-        "blobs/ab/not-a-digest",
-        b"x",
-    );
+    let p = put("blobs/ab/not-a-digest", b"x");
     out.push(("blob name that is not a digest", obj(p)));
     let p = root.join(format!("blobs/ab/{}", hex('4')));
     fs::create_dir_all(&p).unwrap();
@@ -135,14 +122,14 @@ fn plant(root: &Path, healthy: &runcache::Manifest) -> Vec<(&'static str, Shows)
     out.push(("symlink loop as a blob shard", obj(p)));
 
     // Usage stamps.
-    let p = put("plain file in used/", "used/stray", b"1");
+    let p = put("used/stray", b"1");
     out.push(("plain file in used/", obj(p)));
     let rel = format!(
         "used/{}/{}",
         &healthy.key.to_hex()[..2],
         healthy.key.to_hex()
     );
-    let p = put("huge sparse usage stamp", &rel, b"");
+    let p = put(&rel, b"");
     fs::File::options()
         .write(true)
         .open(&p)
@@ -152,35 +139,22 @@ fn plant(root: &Path, healthy: &runcache::Manifest) -> Vec<(&'static str, Shows)
     out.push(("huge sparse usage stamp", obj(p)));
 
     // Leases.
-    let p = put(
-        "empty lease record",
-        &format!("leases/ab/{}/g.1", hex('5')),
-        b"",
-    );
+    let p = put(&format!("leases/ab/{}/g.1", hex('5')), b"");
     out.push(("empty lease record", obj(p)));
     let p = put(
-        "lease record of another schema",
         &format!("leases/ab/{}/g.1", hex('6')),
         br#"{"owner": [[[[{"generation": 1}]]]]}"#,
     );
     out.push(("lease record of another schema", obj(p)));
-    let p = put(
-        "unknown file in a lease directory",
-        &format!("leases/ab/{}/junk", hex('7')),
-        b"x",
-    );
+    let p = put(&format!("leases/ab/{}/junk", hex('7')), b"x");
     out.push(("unknown file in a lease directory", obj(p)));
-    let p = put("plain file in a lease shard", "leases/ab/stray", b"x");
+    let p = put("leases/ab/stray", b"x");
     out.push(("plain file in a lease shard", obj(p)));
-    let p = put("bad lease shard", "leases/zz/x", b"x");
+    let p = put("leases/zz/x", b"x");
     out.push(("bad lease shard", obj(p.parent().unwrap().to_path_buf())));
 
     // Records.
-    let p = put(
-        "plain file where a record kind belongs",
-        "records/sweep",
-        b"x",
-    );
+    let p = put("records/sweep", b"x");
     out.push(("plain file where a record kind belongs", obj(p)));
     let p = root.join("records/notes/.hidden-dir/x");
     fs::create_dir_all(&p).unwrap();
