@@ -182,8 +182,8 @@ class MemorizedFunc:
             return self._call_fully(args, kwargs)
         try:
             return self._call(*args, **kwargs)
-        except TypeError as e:
-            self._raise_bad_call(e, args, kwargs)
+        except TypeError:
+            self._raise_if_arguments_mismatch(args, kwargs)
             raise
 
     def _call_fully(self, args: tuple, kwargs: dict) -> Any:
@@ -202,8 +202,8 @@ class MemorizedFunc:
             if self.cache_validation_callback is not None:
                 self._validate(args, kwargs)
             out = self._call(*args, **kwargs)
-        except TypeError as e:
-            self._raise_bad_call(e, args, kwargs)
+        except TypeError:
+            self._raise_if_arguments_mismatch(args, kwargs)
             raise
         computed = computed != self._computed
         if self._verbose > 4 and not computed:
@@ -233,9 +233,10 @@ class MemorizedFunc:
                 self._verbose > 4 or self._mmap or self.cache_validation_callback is not None
             )
 
-    def _raise_bad_call(self, error: TypeError, args: tuple, kwargs: dict) -> None:
-        """Raises joblib's error (ValueError) if ``error`` comes from arguments that do not fit
-        the signature; returns if it does not (raised by the function, an unhashable argument)."""
+    def _raise_if_arguments_mismatch(self, args: tuple, kwargs: dict) -> None:
+        """Called on a TypeError: raises joblib's error (ValueError) instead if the arguments
+        do not fit the signature; returns if they do (the function raised it, or an argument
+        cannot be hashed)."""
         sig = self.task._shared["sig"].sig
         try:
             sig.bind(*args, **kwargs)
@@ -265,8 +266,8 @@ class MemorizedFunc:
         self._check_collision(2)
         try:
             out = self.task.options(mode="force")(*args, **kwargs)
-        except TypeError as e:
-            self._raise_bad_call(e, args, kwargs)
+        except TypeError:
+            self._raise_if_arguments_mismatch(args, kwargs)
             raise
         info = self.task.entry(*args, **kwargs).info()
         if self._mmap:
@@ -281,8 +282,8 @@ class MemorizedFunc:
         try:
             if not self._validate(args, kwargs):
                 self._call(*args, **kwargs)
-        except TypeError as e:
-            self._raise_bad_call(e, args, kwargs)
+        except TypeError:
+            self._raise_if_arguments_mismatch(args, kwargs)
             raise
         return MemorizedResult(
             _config.store_location({"store": self.location}),
@@ -296,8 +297,8 @@ class MemorizedFunc:
         args, kwargs = _adapt(args, kwargs)
         try:
             return self._validate(args, kwargs)
-        except TypeError as e:
-            self._raise_bad_call(e, args, kwargs)
+        except TypeError:
+            self._raise_if_arguments_mismatch(args, kwargs)
             raise
 
     def clear(self, warn: bool = True) -> int:
