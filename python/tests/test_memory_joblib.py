@@ -290,6 +290,14 @@ def test_verbose_levels_log_querying_and_computing(tmp_path, kind, caplog, capsy
     assert any("Querying" in m for m in messages) and any("Computing" in m for m in messages)
 
 
+@pytest.mark.parametrize("cls", [joblib.Memory, rc.Memory])
+def test_default_verbosity_prints_each_computation(tmp_path, cls, capsys):
+    f = cls(tmp_path / cls.__module__).cache(lambda x: x)  # joblib's default: verbose=1
+    f(1)
+    f(1)
+    assert capsys.readouterr().out.count("[Memory] Calling") == 1
+
+
 def test_verbose_messages_go_to_the_joblib_logger(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="joblib")
     rc.Memory(tmp_path, verbose=20).cache(lambda x: x)(1)

@@ -110,7 +110,7 @@ class MemorizedFunc:
         *,
         ignore: Iterable[str] | None = None,
         mmap_mode: str | None = None,
-        verbose: int = 0,
+        verbose: int = 1,
         cache_validation_callback: Callable[[dict], bool] | None = None,
     ) -> None:
         if cache_validation_callback is not None and not callable(cache_validation_callback):

@@ -47,8 +47,8 @@ class Memory:
     `STORE_DIR`; a directory that already is a runcache store is used as is) or a runcache
     store URL; ``None`` disables caching (every call computes, as with joblib). ``mmap_mode``:
     ``'r'`` maps large arrays of loaded results read-only (zero copy, as ``np.memmap``);
-    ``None`` (default, as joblib) or ``'c'`` loads copies. ``verbose``: joblib's levels (> 0
-    prints each computation, > 4 each load, > 10 and >= 20 log "Computing"/"Querying" to the
+    ``None`` (default, as joblib) or ``'c'`` loads copies. ``verbose``: joblib's levels (default 1:
+    > 0 prints each computation, > 4 each load, > 10 and >= 20 log "Computing"/"Querying" to the
     ``joblib`` logger). ``backend``, ``compress`` and ``backend_options`` are accepted for
     compatibility: only ``'local'``/uncompressed exist. ``store_location`` is where the store is.
 
@@ -61,7 +61,7 @@ class Memory:
         backend: str = "local",
         mmap_mode: str | None = None,
         compress: bool | int = False,
-        verbose: int = 0,
+        verbose: int = 1,
         backend_options: dict | None = None,
     ) -> None:
         if backend != "local":
