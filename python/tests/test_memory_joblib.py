@@ -32,6 +32,11 @@ def load_module(tmp_path, name, source):
     return ns
 
 
+def files_of(folder):
+    """Every file and folder below ``folder``, with its modification time."""
+    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
 # ------------------------------------------------------------------------------------------
 # 1. Failures are not cached
 
@@ -86,9 +91,7 @@ def test_location_may_be_a_non_empty_directory_beside_a_joblib_cache(tmp_path):
     (tmp_path / "notes.txt").write_text("user data")
     jl = joblib.Memory(str(tmp_path), verbose=0)  # a str: joblib writes below location/joblib
     jl.cache(lambda x: x + 1)(1)
-    before = sorted(
-        (str(p.relative_to(tmp_path)), p.stat().st_mtime_ns) for p in (tmp_path / "joblib").rglob("*")
-    )
+    before = files_of(tmp_path / "joblib")
     memory = rc.Memory(tmp_path, verbose=0)
     calls = []
 
@@ -101,9 +104,7 @@ def test_location_may_be_a_non_empty_directory_beside_a_joblib_cache(tmp_path):
     assert (tmp_path / "runcache" / "RUNCACHE-STORE.json").is_file()
     assert len(before) > 2, "joblib's cache is there"
     assert memory.location == str(tmp_path), "location is what the user gave, as in joblib"
-    after = sorted(
-        (str(p.relative_to(tmp_path)), p.stat().st_mtime_ns) for p in (tmp_path / "joblib").rglob("*")
-    )
+    after = files_of(tmp_path / "joblib")
     assert after == before, "the joblib cache beside it is untouched"
     assert (tmp_path / "notes.txt").read_text() == "user data"
     memory.clear(warn=False)

@@ -45,12 +45,13 @@ class Memory:
 
     ``location``: a directory (any directory: the store is its subdirectory ``runcache``, see
     `STORE_DIR`; a directory that already is a runcache store is used as is) or a runcache
-    store URL; ``None`` disables caching (every call computes, as with joblib). ``mmap_mode``:
-    ``'r'`` maps large arrays of loaded results read-only (zero copy, as ``np.memmap``);
-    ``None`` (default, as joblib) or ``'c'`` loads copies. ``verbose``: joblib's levels (default 1:
-    > 0 prints each computation, > 4 each load, > 10 and >= 20 log "Computing"/"Querying" to the
-    ``joblib`` logger). ``backend``, ``compress`` and ``backend_options`` are accepted for
-    compatibility: only ``'local'``/uncompressed exist. ``store_location`` is where the store is.
+    store URL; ``None`` disables caching (every call computes, as with joblib).
+    ``mmap_mode``: ``'r'`` maps large arrays of loaded results read-only (zero copy, as
+    ``np.memmap``); ``None`` (default, as joblib) or ``'c'`` loads copies. ``verbose``:
+    joblib's levels (default 1: > 0 prints each computation, > 4 each load, > 10 and >= 20 log
+    "Computing"/"Querying" to the ``joblib`` logger). ``backend``, ``compress`` and
+    ``backend_options`` are accepted for compatibility: only ``'local'``/uncompressed exist.
+    ``store_location`` is where the store is.
 
     Usable wherever joblib.Memory is, e.g. ``Pipeline(steps, memory=runcache.Memory(path))``.
     """
