@@ -141,6 +141,24 @@ def test_a_location_that_is_already_a_runcache_store_is_used_as_is(tmp_path):
     assert not (path / "runcache").exists()
 
 
+def test_the_default_task_store_as_location_is_shared_with_tasks(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RUNCACHE_STORE", raising=False)
+    memory = rc.Memory("./.runcache")  # what the README showed before the subdirectory
+
+    @memory.cache
+    def f(x):
+        return x + 1
+
+    @rc.task
+    def g(x):
+        return x + 2
+
+    assert f(1) == 2 and g(1) == 3, "the task's default store is the Memory's store"
+    assert (tmp_path / ".runcache" / "RUNCACHE-STORE.json").is_file()
+    assert memory.clear(warn=False) == 2
+
+
 # ------------------------------------------------------------------------------------------
 # 3. A code object replaced in place is noticed
 

@@ -20,12 +20,15 @@ STORE_DIR = "runcache"
 
 def _store_of(location: str) -> str:
     """Where ``Memory(location)`` keeps its store: ``location/runcache``, unless ``location`` is
-    a store URL or already a runcache store (stores made before the subdirectory existed)."""
+    a store URL, already a runcache store (stores made before the subdirectory existed), or
+    the store ``@runcache.task`` uses by default (``./.runcache``, ``RUNCACHE_STORE``)."""
     if "://" in location:
         return location
     location = os.path.expanduser(location)
     if os.path.isfile(os.path.join(location, "RUNCACHE-STORE.json")):
         return location
+    if os.path.abspath(location) == _config.store_location(_config.current({})):
+        return location  # shared with the tasks, which need it to be the store itself
     return os.path.join(location, STORE_DIR)
 
 
