@@ -86,6 +86,29 @@ fn parse_name(name: &str) -> Option<Name> {
     }
 }
 
+/// Parses the bytes of `g.<n>` (read from `path`, named in errors).
+fn parse_record(bytes: &[u8], path: &Path, n: u64) -> Result<LeaseRecord> {
+    let malformed = |message: String| Error::Malformed {
+        what: "lease record",
+        path: path.display().to_string(),
+        message,
+    };
+    if bytes.len() as u64 > MAX_RECORD_BYTES {
+        return Err(malformed(format!(
+            "larger than {MAX_RECORD_BYTES} bytes; a lease record is a small JSON document"
+        )));
+    }
+    let record: LeaseRecord =
+        serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+    if record.generation != n {
+        return Err(malformed(format!(
+            "the record says generation {} but the file is generation {n}",
+            record.generation
+        )));
+    }
+    Ok(record)
+}
+
 /// What is wrong with a lease file, without its path (the caller names it).
 fn short(e: Error) -> String {
     match e {
@@ -236,25 +259,7 @@ impl FsLeases {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(path, e)),
         };
-        let malformed = |message: String| Error::Malformed {
-            what: "lease record",
-            path: path.display().to_string(),
-            message,
-        };
-        if bytes.len() as u64 > MAX_RECORD_BYTES {
-            return Err(malformed(format!(
-                "larger than {MAX_RECORD_BYTES} bytes; a lease record is a small JSON document"
-            )));
-        }
-        let record: LeaseRecord =
-            serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?;
-        if record.generation != n {
-            return Err(malformed(format!(
-                "the record says generation {} but the file is generation {n}",
-                record.generation
-            )));
-        }
-        Ok(Some(record))
+        parse_record(&bytes, &path, n).map(Some)
     }
 
     /// Reads `h.<n>`. `Ok(None)` if it does not exist.
@@ -481,5 +486,60 @@ impl LeaseBackend for FsLeases {
             remove_quietly(&dir.join(format!("r.{k}")));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> LeaseRecord {
+        LeaseRecord {
+            owner: "0123456789abcdef0123456789abcdef".into(),
+            generation: 3,
+            host: "node-7".into(),
+            pid: 4242,
+            boot_id: "b".into(),
+            process_start: 99,
+            ttl_ms: 30_000,
+            acquired_unix_ms: 1_700_000_000_000,
+            namespace: "fit".into(),
+        }
+    }
+
+    proptest! {
+        // Bounded (256 cases per property): part of every `cargo test` run.
+        #[test]
+        fn any_record_bytes_parse_or_name_the_file(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            if let Err(e) = parse_record(&bytes, Path::new("/l/g.3"), 3) {
+                let malformed = matches!(e, Error::Malformed { .. });
+                prop_assert!(malformed, "{}", e);
+                prop_assert!(e.to_string().contains("/l/g.3"));
+            }
+        }
+
+        #[test]
+        fn mutated_records_parse_whole_or_not_at_all(pos in 0usize..400, byte in any::<u8>(), cut in 0usize..400) {
+            let mut bytes = serde_json::to_vec_pretty(&sample()).unwrap();
+            let p = pos % bytes.len();
+            bytes[p] = byte;
+            bytes.truncate(bytes.len() - cut % bytes.len());
+            match parse_record(&bytes, Path::new("/l/g.3"), 3) {
+                Ok(r) => prop_assert_eq!(r.generation, 3),
+                Err(e) => prop_assert!(e.to_string().contains("/l/g.3")),
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_of_another_generation_is_refused() {
+        let bytes = serde_json::to_vec(&sample()).unwrap();
+        assert!(parse_record(&bytes, Path::new("g.3"), 3).is_ok());
+        let err = parse_record(&bytes, Path::new("g.4"), 4).unwrap_err();
+        assert!(err.to_string().contains("generation 3"), "{err}");
+        let huge = vec![b' '; MAX_RECORD_BYTES as usize + 1];
+        let err = parse_record(&huge, Path::new("g.3"), 3).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
     }
 }
