@@ -510,3 +510,44 @@ fn temp_files_of_killed_writers_are_collected_after_the_grace_period() {
         );
     }
 }
+
+/// Blob files are read-only (no write bit: blobs are immutable), and `?mmap=false` makes a store
+/// never map a blob: every load is a verified copy, so an edit made in place by another writer
+/// is caught instead of changing an array under its reader.
+#[test]
+fn blobs_are_read_only_and_mmap_false_never_maps() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 251) as u8).collect();
+    for mmap in [true, false] {
+        let root = dir.path().join(format!("s-{mmap}"));
+        let store = Store::open(&format!("{}?mmap={mmap}", root.display())).unwrap();
+        let t = store.task("ro.big");
+        t.get_or_compute_bytes(&1u32, |_| Ok::<_, String>(big.clone()))
+            .unwrap();
+        let key = t.key(&1u32).unwrap();
+        let m = store.manifest(&key).unwrap().unwrap();
+        let blob = &m.blobs[0];
+        let file = root
+            .join("blobs")
+            .join(&blob.digest.to_hex()[..2])
+            .join(blob.digest.to_hex());
+        let mode = fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o222, 0, "blob mode {mode:o}");
+        assert_eq!(store.backend().blob_path(&blob.digest).is_some(), mmap);
+        let data = store.load_blob(&key, blob, 0).unwrap();
+        assert_eq!(data.is_mapped(), mmap);
+        assert_eq!(&data[..], &big[..]);
+        drop(data);
+        if !mmap {
+            // Edited in place (same size): the next load is refused, never returned.
+            let mut edited = big.clone();
+            edited[12345] ^= 1;
+            fs::write(&file, &edited).unwrap();
+            let err = store.load_blob(&key, blob, 0).unwrap_err();
+            assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        }
+    }
+    let err = Store::open(&format!("{}?mmap=maybe", dir.path().join("x").display())).unwrap_err();
+    assert!(err.to_string().contains("true or false"), "{err}");
+}

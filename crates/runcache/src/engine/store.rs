@@ -116,7 +116,13 @@ impl Store {
     /// Opens a store with explicit options.
     pub fn open_with(location: &str, mut options: StoreOptions) -> Result<Store> {
         signing_key_from_env(&mut options)?;
-        let backend = store::open_backend(location, &BackendOptions { sync: options.sync })?;
+        let backend = store::open_backend(
+            location,
+            &BackendOptions {
+                sync: options.sync,
+                ..Default::default()
+            },
+        )?;
         Ok(Self::from_backend(backend, options))
     }
 
@@ -130,8 +136,13 @@ impl Store {
     /// [`Store::open_tiered`] with explicit options.
     pub fn open_tiered_with(locations: &[&str], mut options: StoreOptions) -> Result<Store> {
         signing_key_from_env(&mut options)?;
-        let backend =
-            store::tiered::open_tiered(locations, &BackendOptions { sync: options.sync })?;
+        let backend = store::tiered::open_tiered(
+            locations,
+            &BackendOptions {
+                sync: options.sync,
+                ..Default::default()
+            },
+        )?;
         Ok(Self::from_backend(Arc::new(backend), options))
     }
 

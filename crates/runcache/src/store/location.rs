@@ -17,6 +17,8 @@ pub const DEFAULT_STORE: &str = ".runcache";
 pub struct BackendOptions {
     /// fsync files before publishing them and directories after (local stores).
     pub sync: bool,
+    /// Never memory-map blobs nor read them as trusted files (`?mmap=false`, local stores).
+    pub no_mmap: bool,
 }
 
 /// `RUNCACHE_STORE` if set and non-empty, else `./.runcache`.
@@ -32,7 +34,9 @@ pub fn default_location() -> String {
 /// - `memory://` (private) or `memory://NAME` (shared by name within this process);
 /// - `postgres://USER@HOST:PORT/DB?schema=NAME` (or `postgresql://`) — the PostgreSQL store.
 ///
-/// Query parameters: `sync=true|false`; on any location, `readonly=true` opens it read-only
+/// Query parameters: `sync=true|false`, `mmap=true|false` (local stores: `false` never maps
+/// blobs and verifies every read, for shared filesystems with writers you cannot trust); on any
+/// location, `readonly=true` opens it read-only
 /// (see [`super::tiered`]).
 pub fn open_backend(location: &str, base: &BackendOptions) -> Result<Arc<dyn Backend>> {
     let (location, read_only) = super::tiered::split_read_only(location)?;
@@ -57,10 +61,11 @@ pub fn open_backend(location: &str, base: &BackendOptions) -> Result<Arc<dyn Bac
         let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
         match k {
             "sync" => opts.sync = parse_bool(location, k, v)?,
+            "mmap" => opts.no_mmap = !parse_bool(location, k, v)?,
             _ => {
                 return Err(Error::BadStore {
                     location: location.into(),
-                    message: format!("unknown option `{k}`; known options: sync"),
+                    message: format!("unknown option `{k}`; known options: sync, mmap"),
                 })
             }
         }
@@ -90,7 +95,9 @@ pub fn open_backend(location: &str, base: &BackendOptions) -> Result<Arc<dyn Bac
             message: "empty path; give a directory, e.g. ./.runcache".into(),
         });
     }
-    Ok(Arc::new(LocalBackend::open(path, opts.sync)?))
+    Ok(Arc::new(
+        LocalBackend::open(path, opts.sync)?.mappable(!opts.no_mmap),
+    ))
 }
 
 fn parse_bool(location: &str, key: &str, v: &str) -> Result<bool> {

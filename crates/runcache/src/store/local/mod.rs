@@ -55,6 +55,8 @@ pub struct LocalBackend {
     sync: bool,
     leases: Arc<FsLeases>,
     sharing: Option<Sharing>,
+    /// Whether `blob_path` hands out the blob files (mapping, verify-once reads).
+    files: bool,
 }
 
 impl LocalBackend {
@@ -69,7 +71,17 @@ impl LocalBackend {
             sync,
             leases,
             sharing,
+            files: true,
         })
+    }
+
+    /// With `false` (`?mmap=false`), blobs are never handed out as files: nothing is
+    /// memory-mapped and every read is a verified copy. For shared filesystems where not every
+    /// writer can be trusted to leave blobs alone (a mapped blob edited in place changes under
+    /// its reader; one truncated kills it with SIGBUS).
+    pub fn mappable(mut self, files: bool) -> Self {
+        self.files = files;
+        self
     }
 
     /// The group sharing recorded by `runcache init --shared`, if any.
@@ -327,7 +339,7 @@ impl Backend for LocalBackend {
     }
 
     fn blob_path(&self, digest: &Digest) -> Option<PathBuf> {
-        Some(self.blob_file(digest))
+        self.files.then(|| self.blob_file(digest))
     }
 
     fn delete_blob(&self, digest: &Digest) -> Result<()> {
