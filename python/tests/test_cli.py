@@ -101,3 +101,37 @@ def test_init_creates_a_store(tmp_path: Path, capfd: pytest.CaptureFixture[str])
     assert main(["init", str(target), "--json"]) == 0
     assert json.loads(capfd.readouterr().out)["created"] is True
     assert (target / "RUNCACHE-STORE.json").exists()
+
+
+def test_ls_without_a_store_says_how_to_create_one(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    out = _run([sys.executable, "-m", "runcache", "--store", str(missing), "ls"])
+    assert out.returncode == 1
+    assert "no store at" in out.stderr
+    assert f"runcache init {missing}" in out.stderr
+    assert "first cached call" in out.stderr
+    assert not missing.exists()
+
+
+def test_stray_objects_are_named_and_repaired(populated: Path) -> None:
+    """A stray file and a directory named like a manifest in a store the Python API wrote: every
+    listing command names them and exits 0, verify exits 3, verify --repair clears them and the
+    entries still load."""
+    (populated / "manifests" / "stray").write_text("x")
+    shard = next(p for p in (populated / "manifests").iterdir() if p.is_dir())
+    fake = shard / (shard.name + "f" * 62 + ".json")
+    fake.mkdir()
+    base = [sys.executable, "-m", "runcache", "--store", str(populated)]
+    for cmd in (["ls"], ["du"], ["leases"], ["status"], ["gc", "--max-size", "1G", "--dry-run"]):
+        out = _run(base + cmd)
+        assert out.returncode == 0, (cmd, out.stderr)
+        assert "manifests/stray" in out.stderr and fake.name in out.stderr, (cmd, out.stderr)
+        assert "I/O error" not in out.stdout + out.stderr
+    out = _run(base + ["verify"])
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "2 damaged objects" in out.stdout
+    out = _run(base + ["verify", "--repair"])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not fake.exists() and not (populated / "manifests" / "stray").exists()
+    out = _run(base + ["ls", "--json"])
+    assert len(json.loads(out.stdout)) == 4
