@@ -130,7 +130,7 @@ def bench_hits(tmp: str, n: int) -> None:
     import joblib
 
     t = rc.task(name="bench.add", store=os.path.join(tmp, "rc-hit"))(add)
-    m = rc.Memory(os.path.join(tmp, "rc-mem")).cache(add)
+    m = rc.Memory(os.path.join(tmp, "rc-mem"), verbose=0).cache(add)
     j = joblib.Memory(os.path.join(tmp, "joblib-hit"), verbose=0).cache(add)
     cache = diskcache.Cache(os.path.join(tmp, "diskcache"))
     d = cache.memoize()(add)
