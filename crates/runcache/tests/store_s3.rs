@@ -230,6 +230,16 @@ fn reopening_checks_the_format_marker_and_refuses_foreign_prefixes() {
     let parent = &target[..target.rfind('/').unwrap()];
     let err = Store::open(&format!("{parent}?{query}")).unwrap_err();
     assert!(err.to_string().contains("not a runcache store"), "{err}");
+    // A damaged marker says how to rewrite it, not `verify --repair` (which cannot open it).
+    let raw = Raw::new(&base);
+    let marker = format!("{}/RUNCACHE-STORE.json", object_root(&loc));
+    raw.put(&marker, b"{\"format\": ");
+    let err = Store::open(&loc).unwrap_err().to_string();
+    assert!(
+        err.contains("is damaged") && err.contains("overwrite"),
+        "{err}"
+    );
+    assert!(!err.contains("verify --repair"), "{err}");
 }
 
 #[test]

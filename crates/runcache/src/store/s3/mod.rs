@@ -499,10 +499,12 @@ impl S3Backend {
             }
         };
         if let Some(bytes) = &marker {
-            let m: Marker = serde_json::from_slice(bytes).map_err(|e| Error::Malformed {
-                what: "store format marker",
-                path: client.url(MARKER_OBJECT),
-                message: e.to_string(),
+            // Not "verify --repair" (which cannot open the store either): say how to rewrite it.
+            let m: Marker = serde_json::from_slice(bytes).map_err(|e| {
+                bad(format!(
+                    "its format marker {} is damaged ({e}). If this prefix is a runcache store, overwrite that object with {{\"format\": {STORE_FORMAT}, \"created_by\": \"runcache\"}}; entries are kept",
+                    client.url(MARKER_OBJECT)
+                ))
             })?;
             if m.format > STORE_FORMAT {
                 return Err(Error::NewerFormat {
