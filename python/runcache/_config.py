@@ -40,7 +40,9 @@ def configure(**options: Any) -> None:
 
     Options: ``store`` (path or URL, or a list of them for a tiered store, nearest first, e.g.
     ``["./.runcache", "s3://team/cache?readonly=true"]``), ``mode`` (cached | force | retry | read-only | off),
-    ``mmap`` (map large array results read-only; default True), ``wait_timeout`` (seconds to
+    ``mmap`` (map large array results read-only; default True; a local store location ending
+    in ``?mmap=false`` never maps for any caller, for shared filesystems whose writers you
+    cannot all trust), ``wait_timeout`` (seconds to
     wait for another process computing the same entry; default: as long as it lives),
     ``sync`` (fsync on commit), ``lease_ttl`` (seconds), ``signing_key`` (str or bytes: sign
     every entry written and refuse entries read without a valid signature; default:
