@@ -51,8 +51,6 @@ class Entry:
 
     def logs(self) -> str:
         """The stdout and stderr a worker captured while computing this entry ('' if none)."""
-        from runcache._sweep import logs_of
-
         return logs_of(self._store, self.key)
 
     def artifacts(self) -> list[str]:
@@ -167,3 +165,13 @@ def explain_call(
         names = ", ".join(d.name for d in best.differences) or "nothing visible in the key document"
         reason = f"miss: {len(candidates)} entries of this task are stored; the nearest differs in {names}"
     return Explanation(namespace, key, False, None, reason, candidates[:3])
+
+
+def logs_of(store: _core.Store, key: str) -> str:
+    """The captured output stored with an entry, or '' if there is none."""
+    try:
+        path = store.artifact_file(key, "runcache.log")
+    except _core.RuncacheError:
+        return ""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()

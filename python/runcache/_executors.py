@@ -16,10 +16,48 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from runcache._sweep import SweepHandle
+from runcache import _config, _results
+from runcache._progress import Progress
+
+
+class SweepView(Protocol):
+    """What an executor may use of the sweep it runs (``runcache.SweepHandle`` has it all):
+    executors sit below the sweep machinery and see a sweep only through this view."""
+
+    @property
+    def id(self) -> str:
+        """The sweep id."""
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for a worker."""
+
+    @property
+    def resources(self) -> dict[str, float]:
+        """What one item needs, as declared by the task."""
+
+    @property
+    def executor_info(self) -> dict[str, Any]:
+        """What the executor saved in the sweep record (job ids, ...)."""
+
+    def save_executor_info(self, info: dict[str, Any]) -> None:
+        """Merges ``info`` into the sweep record's executor section and saves it."""
+
+    def worker_argv(
+        self,
+        max_items: int | None = None,
+        idle_exit: float | None = None,
+        worker_index: int | None = None,
+    ) -> list[str]:
+        """The exact command one worker runs."""
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment variables a worker needs (PYTHONPATH of the submitter)."""
+
+    def worker_command(self) -> str:
+        """The worker command as one shell line (for stall reports and Manual)."""
 
 
 @dataclasses.dataclass
@@ -51,18 +89,18 @@ class Executor(abc.ABC):
     stop_on_interrupt = False
 
     @abc.abstractmethod
-    def launch(self, sweep: "SweepHandle") -> None:
+    def launch(self, sweep: SweepView) -> None:
         """Starts workers for the sweep's queued items."""
 
     @abc.abstractmethod
-    def poll(self, sweep: "SweepHandle") -> WorkerState:
+    def poll(self, sweep: SweepView) -> WorkerState:
         """Reports the sweep's workers: how many are alive, and what ended badly."""
 
     @abc.abstractmethod
-    def cancel(self, sweep: "SweepHandle") -> None:
+    def cancel(self, sweep: SweepView) -> None:
         """Stops the sweep's workers."""
 
-    def pause(self, sweep: "SweepHandle", seconds: float) -> None:
+    def pause(self, sweep: SweepView, seconds: float) -> None:
         """Waits between two looks at the sweep's progress. An executor that can see its
         workers end returns early when one does (it usually means the sweep is drained)."""
         time.sleep(seconds)
@@ -85,9 +123,6 @@ class Inline:
         errors: str,
     ) -> list[Any]:
         """Computes (or loads) each call in order through the task itself."""
-        from runcache import _config, _sweep
-        from runcache._progress import Progress
-
         store = _config.open_store(opts)
         keys = [task._key_of(a, k) for a, k in calls]
         mode = opts.get("mode", "cached")
@@ -97,13 +132,13 @@ class Inline:
             if mode in ("cached", "retry", "read-only")
             else [False] * len(keys)
         )
-        counts = _sweep.SweepStatus(
+        counts = _results.SweepStatus(
             id="", total=len(keys), pending=len(keys), running=0, completed=0, cached=0,
             failed=0, interrupted=0, items=[],
         )
         bar = Progress(task.name, len(keys), enabled=progress)
         results: list[Any] = []
-        failures: list[_sweep.Failure] = []
+        failures: list[_results.Failure] = []
         try:
             for i, (args, kwargs) in enumerate(calls):
                 bar.update(counts)
@@ -115,9 +150,9 @@ class Inline:
                     else:
                         counts.completed += 1
                 except Exception as e:  # noqa: BLE001 - recorded per item
-                    failure = _sweep.failure_of(store, i, keys[i])
+                    failure = _results.failure_of(store, i, keys[i])
                     if failure.error_type == "runcache.Missing":  # nothing recorded (mode off)
-                        failure = _sweep.Failure(
+                        failure = _results.Failure(
                             i, keys[i], f"{type(e).__module__}.{type(e).__qualname__}", str(e),
                             traceback.format_exc(),
                         )
@@ -128,9 +163,9 @@ class Inline:
         finally:
             bar.close()
         if not wait:
-            return _sweep.jobs_of(store, keys, None, opts.get("mmap", True))
+            return _results.jobs_of(store, keys, None, opts.get("mmap", True))
         if failures and errors == "raise":
-            raise _sweep.SweepError(_sweep.summarize(failures, len(keys)), failures, results)
+            raise _results.SweepError(_results.summarize(failures, len(keys)), failures, results)
         return results
 
 
@@ -178,7 +213,7 @@ class Local(Executor):
         res = f", resources={self.capacity}" if self.capacity else ""
         return f"runcache.Local(workers={self.workers}{res})"
 
-    def _need(self, sweep: "SweepHandle") -> dict[str, float]:
+    def _need(self, sweep: SweepView) -> dict[str, float]:
         """What one item of the sweep takes from the capacity (nothing when none is declared)."""
         return sweep.resources if self.capacity else {}
 
@@ -208,7 +243,7 @@ class Local(Executor):
                         used[k] = used.get(k, 0.0) + v
         return live, used
 
-    def launch(self, sweep: "SweepHandle") -> None:
+    def launch(self, sweep: SweepView) -> None:
         self._check_fits(self._need(sweep))
         with self._lock:
             self._wanted[sweep.id] = self._wanted.get(sweep.id, 0) + max(
@@ -216,7 +251,7 @@ class Local(Executor):
             )
             self._top_up(sweep)
 
-    def _top_up(self, sweep: "SweepHandle") -> None:
+    def _top_up(self, sweep: SweepView) -> None:
         need = self._need(sweep)
         while self._wanted.get(sweep.id, 0) > 0:
             live, used = self._in_use()
@@ -227,7 +262,7 @@ class Local(Executor):
             self._start(sweep, need)
             self._wanted[sweep.id] -= 1
 
-    def _start(self, sweep: "SweepHandle", need: dict[str, float]) -> None:
+    def _start(self, sweep: SweepView, need: dict[str, float]) -> None:
         base = self.log_dir or os.path.join(tempfile.gettempdir(), "runcache-workers")
         folder = os.path.join(base, sweep.id)
         os.makedirs(folder, exist_ok=True)
@@ -256,7 +291,7 @@ class Local(Executor):
         if index == 0:
             sweep.save_executor_info({"kind": "Local", "log_dir": folder})
 
-    def poll(self, sweep: "SweepHandle") -> WorkerState:
+    def poll(self, sweep: SweepView) -> WorkerState:
         with self._lock:
             self._top_up(sweep)
             procs = self._procs.get(sweep.id, [])
@@ -274,7 +309,7 @@ class Local(Executor):
             fatal = bool(procs) and all(p.returncode == WORKER_SETUP_FAILED for p, _, _ in procs)
         return WorkerState(alive=alive, problems=problems, fatal=fatal)
 
-    def pause(self, sweep: "SweepHandle", seconds: float) -> None:
+    def pause(self, sweep: SweepView, seconds: float) -> None:
         """Returns after ``seconds``, or as soon as a worker is done with the sweep (it closed
         its end of the pipe: it found nothing left, or it died)."""
         pipes = self._done_pipes.get(sweep.id, {})
@@ -287,7 +322,7 @@ class Local(Executor):
                 del pipes[fd]
                 os.close(fd)
 
-    def cancel(self, sweep: "SweepHandle") -> None:
+    def cancel(self, sweep: SweepView) -> None:
         with self._lock:
             self._wanted[sweep.id] = 0
             procs = self._procs.get(sweep.id, [])
@@ -353,7 +388,7 @@ class Manual(Executor):
     def __repr__(self) -> str:
         return "runcache.Manual()"
 
-    def launch(self, sweep: "SweepHandle") -> None:
+    def launch(self, sweep: SweepView) -> None:
         cmd = sweep.worker_command()
         self.commands.append(cmd)
         out = self.file or sys.stdout
@@ -365,10 +400,10 @@ class Manual(Executor):
             flush=True,
         )
 
-    def poll(self, sweep: "SweepHandle") -> WorkerState:
+    def poll(self, sweep: SweepView) -> WorkerState:
         # Workers run outside our sight: wait for the store to say the sweep is drained.
         return WorkerState(alive=1)
 
-    def cancel(self, sweep: "SweepHandle") -> None:
+    def cancel(self, sweep: SweepView) -> None:
         print(f"runcache: stop the workers of sweep {sweep.id} yourself (Ctrl-C or kill them)",
               file=self.file or sys.stdout)

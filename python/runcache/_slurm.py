@@ -19,12 +19,9 @@ import subprocess
 import sys
 import time as _time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from runcache._executors import WORKER_SETUP_FAILED, Executor, WorkerState
-
-if TYPE_CHECKING:
-    from runcache._sweep import SweepHandle
+from runcache._executors import WORKER_SETUP_FAILED, Executor, SweepView, WorkerState
 
 #: States in which an array task still counts as a worker (running or going to run).
 ALIVE_STATES = frozenset(
@@ -561,18 +558,18 @@ class Slurm(Executor):
 
     # -- launch -----------------------------------------------------------------------------
 
-    def sweep_folder(self, sweep: "SweepHandle") -> str:
+    def sweep_folder(self, sweep: SweepView) -> str:
         """The absolute folder of one sweep's script, logs and snapshot."""
         base = self.log_dir if self.log_dir is not None else "runcache-slurm"
         return os.path.join(os.path.abspath(os.fspath(base)), sweep.id)
 
-    def task_count(self, sweep: "SweepHandle") -> int:
+    def task_count(self, sweep: SweepView) -> int:
         n = int(sweep.queued)
         if self.max_tasks is not None:
             n = min(n, self.max_tasks)
         return max(1, n)
 
-    def batch_script(self, sweep: "SweepHandle", folder: str, code_dir: str | None) -> str:
+    def batch_script(self, sweep: SweepView, folder: str, code_dir: str | None) -> str:
         """The text of the sweep's batch script."""
         env = dict(sweep.worker_env())
         env_lines: list[str] = []
@@ -599,7 +596,7 @@ class Slurm(Executor):
             options, self.setup, env, sweep.worker_argv(), header=header, env_lines=env_lines
         )
 
-    def launch(self, sweep: "SweepHandle") -> None:
+    def launch(self, sweep: SweepView) -> None:
         folder = self.sweep_folder(sweep)
         os.makedirs(folder, exist_ok=True)
         # Marks the folder so that snapshots never copy it (nor the snapshots inside it).
@@ -650,7 +647,7 @@ class Slurm(Executor):
                 }
             )
 
-    def _restore(self, sweep: "SweepHandle") -> _Tracking | None:
+    def _restore(self, sweep: SweepView) -> _Tracking | None:
         """Tracking rebuilt from the sweep record (a sweep reattached in another session)."""
         try:
             info = sweep.executor_info
@@ -673,7 +670,7 @@ class Slurm(Executor):
 
     # -- poll -------------------------------------------------------------------------------
 
-    def poll(self, sweep: "SweepHandle") -> WorkerState:
+    def poll(self, sweep: SweepView) -> WorkerState:
         tracking = self._tracking.get(sweep.id)
         if tracking is None:
             tracking = self._restore(sweep)
@@ -790,7 +787,7 @@ class Slurm(Executor):
 
     # -- cancel -----------------------------------------------------------------------------
 
-    def cancel(self, sweep: "SweepHandle") -> None:
+    def cancel(self, sweep: SweepView) -> None:
         tracking = self._tracking.get(sweep.id) or self._restore(sweep)
         if tracking is None or not tracking.submissions:
             return

@@ -18,7 +18,7 @@ import warnings
 from types import FrameType
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
-from runcache import _config, _core, _scope
+from runcache import _config, _core, _executors, _scope, _sweep
 from runcache._entry import Entry, Explanation, explain_call
 
 R = TypeVar("R")
@@ -454,8 +454,6 @@ class Task(Generic[R]):
         the sweep if items failed; ``errors="return"`` puts :class:`runcache.Failure` objects in
         their place. ``wait=False`` returns one :class:`runcache.Job` per item at once.
         """
-        from runcache import _executors, _sweep
-
         if errors not in ("raise", "return"):
             raise ValueError(f"errors={errors!r}: use 'raise' or 'return'")
         calls = [_sweep.as_call(item) for item in items]
@@ -478,8 +476,6 @@ class Task(Generic[R]):
 
     def submit(self, *args: Any, executor: Any = None, **kwargs: Any) -> Any:
         """Starts one call on ``executor`` and returns its :class:`runcache.Job` at once."""
-        from runcache import _executors, _sweep
-
         opts = self._effective()
         if executor is None:
             executor = _executors.Local(workers=1)

@@ -20,13 +20,9 @@ import sys
 import time
 from typing import Any
 
-from runcache import _config
-from runcache._executors import WORKER_SETUP_FAILED
-
-
-#: True while a worker runs the submitter's script to find its task: a sweep started at that
-#: moment is the script's own top-level code, which must be guarded by `if __name__ == ...`.
-importing_main = False
+from runcache import _config, _sweep
+from runcache._executors import DONE_FD, WORKER_SETUP_FAILED
+from runcache._task import Terminated, _install_sigterm
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,12 +59,11 @@ def load_callable(runner: dict[str, Any]) -> Any:
         path = _snapshot_copy(path)
         # Like multiprocessing: run the script under another name (its `if __name__ ==
         # "__main__":` block stays off) and let pickled `__main__.X` references resolve to it.
-        global importing_main
-        importing_main = True
+        _sweep.importing_main = True
         try:
             namespace = runpy.run_path(path, run_name="__mp_main__")
         finally:
-            importing_main = False
+            _sweep.importing_main = False
         module = type(sys)("__mp_main__")
         module.__dict__.update(namespace)
         sys.modules["__mp_main__"] = module
@@ -194,8 +189,6 @@ def run(argv: list[str]) -> int:
     os.makedirs(scratch, exist_ok=True)
     log_path = os.path.join(scratch, f"worker-{os.getpid()}-{random.getrandbits(32):08x}.log")
     capture = _Capture(log_path)
-    from runcache._task import _install_sigterm, Terminated
-
     _install_sigterm()
     computed = failed = 0
     last_progress = time.monotonic()
@@ -259,8 +252,6 @@ def main(argv: list[str] | None = None) -> int:
 def _done_fd() -> int | None:
     """The descriptor ``Local`` watches, taken out of the environment and made non-inheritable
     so that nothing the tasks start sees it."""
-    from runcache._executors import DONE_FD
-
     value = os.environ.pop(DONE_FD, "")
     if not value.isdigit():
         return None
