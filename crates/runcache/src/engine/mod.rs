@@ -7,6 +7,7 @@ mod entry;
 mod maintenance;
 mod map;
 mod mapped;
+mod mode;
 mod store;
 mod sweep;
 mod task;
@@ -18,9 +19,10 @@ pub use maintenance::{
 };
 pub use map::MapOptions;
 pub use mapped::BlobData;
+pub use mode::{Mode, Validator, LOG_ARTIFACT};
 pub use store::{EntryInfo, Store, StoreOptions};
 pub use sweep::{
     settles_item, ItemState, ItemStatus, SweepRecord, SweepRef, SweepStatus, MAX_SWEEP_ID,
     SWEEP_FORMAT,
 };
-pub use task::{Claim, Failure, Mode, Task, Validator, ValueCodec, LOG_ARTIFACT};
+pub use task::{Claim, Failure, Task, ValueCodec};

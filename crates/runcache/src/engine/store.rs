@@ -16,7 +16,6 @@ use crate::store::{self, Backend, BackendOptions};
 use super::mapped::{
     advise_huge_pages, map_verified, read_verified, BlobData, MapOutcome, ReadOutcome,
 };
-use super::task::Task;
 
 /// Options of a [`Store`] handle.
 #[derive(Clone, Debug)]
@@ -182,11 +181,6 @@ impl Store {
     /// The store's leases.
     pub fn leases(&self) -> &Leases {
         &self.inner.leases
-    }
-
-    /// A task named `namespace` (version "0", mode `cached`), to look up and compute entries.
-    pub fn task(&self, namespace: impl Into<String>) -> Task {
-        Task::new(self.clone(), namespace.into())
     }
 
     /// Reads and checks the manifest of `key`. Damage is reported, not raised.

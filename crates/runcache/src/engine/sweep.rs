@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::mode::{Mode, Validator, LOG_ARTIFACT};
 use super::store::{Lookup, Store};
-use super::task::{Mode, Validator, LOG_ARTIFACT};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::key::Key;

@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::fmt::Display;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -13,6 +12,7 @@ use serde::Serialize;
 
 use super::context::{self, Context};
 use super::entry::Entry;
+use super::mode::{Mode, Validator, LOG_ARTIFACT};
 use super::store::{unix_ms, Lookup, Store};
 use super::sweep::{settles_item, SweepRef};
 use crate::digest::Digest;
@@ -21,53 +21,6 @@ use crate::key::{compute_key, key_document, Key};
 use crate::lease::Acquire;
 use crate::manifest::{ArtifactRef, Dependency, ErrorInfo, Manifest, Status, MANIFEST_FORMAT};
 use crate::store::Watch;
-
-/// How a lookup treats the store.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Mode {
-    /// Load a completed entry; compute and store a missing one; re-raise a recorded failure.
-    #[default]
-    Cached,
-    /// Recompute and replace whatever is stored.
-    Force,
-    /// Like `Cached`, but recompute an entry that failed.
-    Retry,
-    /// Load what exists; on a miss compute without writing anything (no entry, no lease).
-    ReadOnly,
-    /// Bypass the store entirely: always compute, never read or write.
-    Off,
-}
-
-impl Mode {
-    /// The mode's name as used by the CLI and the Python API.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Mode::Cached => "cached",
-            Mode::Force => "force",
-            Mode::Retry => "retry",
-            Mode::ReadOnly => "read-only",
-            Mode::Off => "off",
-        }
-    }
-}
-
-impl FromStr for Mode {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "cached" => Mode::Cached,
-            "force" => Mode::Force,
-            "retry" => Mode::Retry,
-            "read-only" | "readonly" => Mode::ReadOnly,
-            "off" => Mode::Off,
-            _ => {
-                return Err(Error::Invalid(format!(
-                    "unknown mode `{s}`; use one of: cached, force, retry, read-only, off"
-                )))
-            }
-        })
-    }
-}
 
 /// A named, versioned computation. Create with [`Store::task`]; configure with the builder
 /// methods; then call [`Task::get_or_compute`].
@@ -91,10 +44,6 @@ impl std::fmt::Debug for Task {
             .finish_non_exhaustive()
     }
 }
-
-/// Decides whether a completed entry may still be used; `Some(reason)` makes it a miss that is
-/// recomputed and replaced (e.g. a dependency's version changed).
-pub type Validator = std::sync::Arc<dyn Fn(&Manifest) -> Option<String> + Send + Sync>;
 
 /// How a task's value travels to and from the store: the blobs it becomes and how it is
 /// rebuilt from a completed entry. Implemented for typed Rust values (postcard) and raw bytes
@@ -171,9 +120,6 @@ impl ValueCodec<Vec<u8>> for RawBytes {
     }
 }
 
-/// Name of the artifact holding a worker's captured stdout/stderr of one item.
-pub const LOG_ARTIFACT: &str = "runcache.log";
-
 /// What a worker's [`Task::claim_keyed`] of one sweep item found or did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Claim {
@@ -193,6 +139,14 @@ enum Check<T> {
     Hit(T),
     Failed(ErrorInfo),
     Compute { replace: bool },
+}
+
+impl Store {
+    /// A task named `namespace` (version "0", mode `cached`), to look up and compute entries.
+    // Defined here, not in `store`, so that the store layer never names the task layer above it.
+    pub fn task(&self, namespace: impl Into<String>) -> Task {
+        Task::new(self.clone(), namespace.into())
+    }
 }
 
 impl Task {
