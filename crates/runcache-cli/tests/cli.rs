@@ -1,20 +1,13 @@
 //! The `runcache` command against real stores: output, JSON, exit codes.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use runcache::lease::Acquire;
 use runcache::Store;
 
-fn runcache(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runcache"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("RUNCACHE_STORE")
-        .output()
-        .unwrap()
-}
+mod common;
+use common::runcache;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -6,20 +6,12 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use runcache::Store;
 
-fn runcache(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runcache"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("RUNCACHE_STORE")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
+mod common;
+use common::runcache;
 
 fn text(o: &Output) -> String {
     format!(
