@@ -24,9 +24,16 @@ pub fn run(cli: &Cli) -> Result<i32> {
     if let Command::Worker { args } = &cli.command {
         return crate::sweeps::worker(&cli.store, args);
     }
+    match &cli.command {
+        Command::Run(args) => return crate::run::run(&cli.store, args),
+        Command::Explain(args) => return crate::run::explain(&cli.store, cli.json, args),
+        _ => {}
+    }
     let store = open(&cli.store)?;
     match &cli.command {
-        Command::Init { .. } | Command::Worker { .. } => unreachable!("handled above"),
+        Command::Init { .. } | Command::Worker { .. } | Command::Run(_) | Command::Explain(_) => {
+            unreachable!("handled above")
+        }
         Command::Ls {
             namespace,
             namespaces,

@@ -19,6 +19,7 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod format;
+mod run;
 mod sweeps;
 
 /// The exit codes, as `--help` shows them.
@@ -129,6 +130,18 @@ pub enum Command {
         /// The entry's key (or a unique prefix of it).
         key: String,
     },
+    /// Run a shell command through the cache: a hit replays its stdout, stderr, outputs and
+    /// exit status without running it; concurrent identical runs (any machine sharing the
+    /// store) run it once.
+    ///
+    /// The key covers the argv, the working directory, the content of each --input, the
+    /// values of each --env variable, the --output paths, --version and the executable's
+    /// content. The exit status is the command's (run now or replayed); runcache's own errors
+    /// exit 1. Example: `runcache run -i data.csv -o plot.png -- Rscript plot.R data.csv`.
+    Run(run::RunArgs),
+    /// Why `runcache run` would replay or run a command (which input, variable or argument
+    /// differs from the nearest stored entry); runs nothing.
+    Explain(run::RunArgs),
     /// Compute the items of a sweep until it is drained (runs the sweep's Python worker:
     /// `--sweep ID [--max-items N] [--idle-exit SECONDS]`).
     #[command(disable_help_flag = true)]

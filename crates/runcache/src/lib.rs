@@ -12,16 +12,19 @@
 //!
 //! Modules, from the bottom up: [`digest`] (BLAKE3 digests), [`key`] (canonical key encoding),
 //! [`manifest`] (what an entry records), [`store`] (backends: local directory, memory),
-//! [`lease`] (compute-once leases), and the engine ([`Store`], [`Task`], [`Entry`]).
+//! [`lease`] (compute-once leases), [`file_digest`] (file contents by fingerprint), the engine
+//! ([`Store`], [`Task`], [`Entry`]) and, on top of it, [`run`] (caching shell commands).
 
 #![warn(missing_docs)]
 
 pub mod digest;
 mod engine;
 pub mod error;
+pub mod file_digest;
 pub mod key;
 pub mod lease;
 pub mod manifest;
+pub mod run;
 pub mod signing;
 pub mod store;
 

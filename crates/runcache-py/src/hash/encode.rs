@@ -22,7 +22,6 @@ use runcache::digest::{Digest, StreamHasher, PARALLEL_HASH_THRESHOLD};
 use runcache::key::canonical as c;
 
 use super::buffer::{digest_of, RawBuf};
-use super::file;
 use super::File;
 
 /// Containers nested deeper than this are refused (a cycle, or a pathological structure).
@@ -523,7 +522,7 @@ impl<'py> Encoder<'py> {
         if let Ok(f) = obj.cast::<File>() {
             let path = f.get().path.clone();
             let (digest, len) = py
-                .detach(|| file::file_digest(&path))
+                .detach(|| runcache::file_digest::file_digest(&path))
                 .map_err(|e| EncErr::from(PyErr::from(e)))?;
             c::write_typed_header(&mut self.out, "file");
             c::write_digest(&mut self.out, len, &digest);

@@ -9,7 +9,6 @@
 mod buffer;
 mod document;
 mod encode;
-mod file;
 
 use std::path::PathBuf;
 
@@ -113,7 +112,7 @@ fn encode_value<'py>(py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bou
 /// Hex BLAKE3 of a file's content, remembered by (device, inode, size, mtime, ctime).
 #[pyfunction]
 fn file_digest(py: Python<'_>, path: PathBuf) -> PyResult<String> {
-    let (d, _) = py.detach(|| file::file_digest(&path))?;
+    let (d, _) = py.detach(|| runcache::file_digest::file_digest(&path))?;
     Ok(d.to_hex())
 }
 
@@ -123,9 +122,9 @@ fn file_digest(py: Python<'_>, path: PathBuf) -> PyResult<String> {
 #[pyo3(signature = (clear = false))]
 fn file_digest_cache_info(py: Python<'_>, clear: bool) -> PyResult<Bound<'_, PyDict>> {
     if clear {
-        file::clear_memory();
+        runcache::file_digest::clear_memory();
     }
-    let (hits, disk_hits, reads) = file::stats();
+    let (hits, disk_hits, reads) = runcache::file_digest::stats();
     let d = PyDict::new(py);
     d.set_item("hits", hits)?;
     d.set_item("disk_hits", disk_hits)?;

@@ -20,6 +20,7 @@ pub use maintenance::{
 pub use map::MapOptions;
 pub use mapped::BlobData;
 pub use mode::{Mode, Validator, LOG_ARTIFACT};
+pub(crate) use store::unix_ms;
 pub use store::{EntryInfo, Store, StoreOptions};
 pub use sweep::{
     settles_item, ItemState, ItemStatus, SweepRecord, SweepRef, SweepStatus, MAX_SWEEP_ID,

@@ -9,7 +9,7 @@ use crate::digest::{Digest, StreamHasher};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::lease::{LeaseOptions, Leases};
-use crate::manifest::{BlobRef, Manifest, INLINE_LIMIT};
+use crate::manifest::{ArtifactRef, BlobRef, Manifest, INLINE_LIMIT};
 use crate::signing::{self, SigningKey};
 use crate::store::{self, Backend, BackendOptions};
 
@@ -519,6 +519,56 @@ impl Store {
     /// Reads artifact `name` of entry `key`, verified.
     pub fn read_artifact(&self, key: &Key, name: &str) -> Result<Vec<u8>> {
         self.read_blob(key, &self.artifact_blob(key, name)?)
+    }
+
+    /// Streams artifact `artifact` of the entry `manifest` into `out` in chunks (never whole in
+    /// memory), hashing as it goes, and returns the bytes written. The check comes at the end:
+    /// a damaged blob has then been partly written to `out`, is deleted from the store and is
+    /// reported as [`Error::Corrupt`] (callers that must not emit unverified bytes read it with
+    /// [`Store::read_artifact`] instead).
+    pub fn copy_artifact(
+        &self,
+        manifest: &Manifest,
+        artifact: &ArtifactRef,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64> {
+        let blob = BlobRef {
+            role: format!("artifact:{}", artifact.name),
+            digest: artifact.digest,
+            size: artifact.size,
+            inline: None,
+        };
+        let corrupt = |message: String| Error::Corrupt {
+            key: manifest.key.to_hex(),
+            digest: blob.digest.to_hex(),
+            message,
+        };
+        let Some(mut reader) = self.inner.backend.open_blob(&blob.digest)? else {
+            return Err(corrupt("the blob is missing from the store".into()));
+        };
+        let mut hasher = StreamHasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(corrupt(format!("reading it failed: {e}"))),
+            };
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(|e| {
+                Error::Invalid(format!("cannot write artifact `{}`: {e}", artifact.name))
+            })?;
+        }
+        if hasher.len() != blob.size || hasher.finish() != blob.digest {
+            self.discard_blob(&blob);
+            return Err(corrupt(format!(
+                "{} bytes read do not match the recorded {} bytes and digest",
+                hasher.len(),
+                blob.size
+            )));
+        }
+        Ok(hasher.len())
     }
 
     /// A verified local file holding artifact `name` of entry `key`: the store's own file when

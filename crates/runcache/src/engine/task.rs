@@ -15,7 +15,7 @@ use super::entry::Entry;
 use super::mode::{Mode, Validator, LOG_ARTIFACT};
 use super::store::{unix_ms, Lookup, Store};
 use super::sweep::{settles_item, SweepRef};
-use crate::digest::Digest;
+use crate::digest::{Digest, StreamHasher};
 use crate::error::{Error, Result};
 use crate::key::{compute_key, key_document, Key};
 use crate::lease::Acquire;
@@ -606,6 +606,7 @@ impl Task {
                     message: failure.message.clone(),
                     traceback: failure.traceback,
                 });
+                manifest.metadata = std::mem::take(&mut ctx.metadata);
                 // What a failed computation left (its log, partial artifacts) is kept with it.
                 manifest.artifacts = self.store_artifacts(&ctx).unwrap_or_else(|e| {
                     log::warn!("runcache: could not store the artifacts of failed {key}: {e}");
@@ -647,12 +648,8 @@ impl Task {
                 );
                 continue;
             }
-            let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-            let digest = Digest::of(&data);
-            drop(data);
-            let size = std::fs::metadata(path)
-                .map_err(|e| Error::io(path, e))?
-                .len();
+            // Streamed: an artifact may be far larger than memory (a command's stdout).
+            let (digest, size) = hash_file(path)?;
             self.store.backend().put_blob_file(&digest, path)?;
             out.push(ArtifactRef {
                 name: name.clone(),
@@ -661,6 +658,22 @@ impl Task {
             });
         }
         Ok(out)
+    }
+}
+
+/// The digest and size of a file, read in chunks (never whole into memory).
+fn hash_file(path: &Path) -> Result<(Digest, u64)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = StreamHasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok((hasher.finish(), hasher.len())),
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use runcache::digest::{Digest, PARALLEL_HASH_THRESHOLD};
+use crate::digest::{Digest, PARALLEL_HASH_THRESHOLD};
 
 /// What identifies one version of a file's content without reading it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -63,8 +63,8 @@ fn memory() -> &'static Mutex<HashMap<Fingerprint, Digest>> {
     MEMORY.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// Counters: `(memory hits, disk hits, files read)`.
-pub(crate) fn stats() -> (u64, u64, u64) {
+/// Counters since the process started: `(memory hits, disk hits, files read)`.
+pub fn stats() -> (u64, u64, u64) {
     (
         HITS.load(Ordering::Relaxed),
         DISK_HITS.load(Ordering::Relaxed),
@@ -73,7 +73,7 @@ pub(crate) fn stats() -> (u64, u64, u64) {
 }
 
 /// Forgets the in-process digests (tests use it to exercise the on-disk cache).
-pub(crate) fn clear_memory() {
+pub fn clear_memory() {
     memory().lock().unwrap_or_else(|e| e.into_inner()).clear();
 }
 
@@ -150,8 +150,8 @@ fn hash_open_file(f: &File, size: u64) -> io::Result<(Digest, u64)> {
 }
 
 /// The BLAKE3 digest and length of the file's content, from the caches when its fingerprint
-/// is known. Call with the interpreter released: it may read a large file.
-pub(crate) fn file_digest(path: &Path) -> io::Result<(Digest, u64)> {
+/// is known. It may read a large file (hosts with a global lock should release it first).
+pub fn file_digest(path: &Path) -> io::Result<(Digest, u64)> {
     let f = File::open(path)?;
     let meta = f.metadata()?;
     if !meta.is_file() {
