@@ -47,7 +47,7 @@ pub struct RunArgs {
     pub retry_failed: bool,
     /// Record a non-zero exit and replay it later without rerunning (yes), or store nothing
     /// for a failing command (no).
-    #[arg(long, value_name = "yes|no", default_value = "yes", value_parser = parse_yes_no)]
+    #[arg(long, value_name = "yes|no", default_value = "yes", value_parser = parse_yes_no, action = clap::ArgAction::Set)]
     pub cache_failures: bool,
     /// An entry older than this is run again and replaced (e.g. 30s, 1h, 7d).
     #[arg(long, value_parser = humantime::parse_duration)]

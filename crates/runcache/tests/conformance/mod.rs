@@ -8,6 +8,7 @@
 
 pub mod damage;
 pub mod processes;
+pub mod run;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -53,6 +54,8 @@ pub fn run_all(open: Factory<'_>) {
     sweep_items_are_claimed_and_reported(open());
     sweep_tells_its_own_work_by_id_not_by_clock(open());
     sweep_items_are_cancelled_only_before_they_start(open());
+    run::commands_run_once_and_replay(open());
+    run::a_damaged_output_is_noticed_not_restored(open());
 }
 
 /// The location a test service exported in `var` (by `scripts/services/<script>`), or `None`
