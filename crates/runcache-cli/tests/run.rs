@@ -292,6 +292,7 @@ fn an_output_directory_is_restored_exactly() {
 }
 
 /// Runs `cmd` to completion with stdout to `out`, returning its peak RSS in KiB.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also reports the peak RSS
 fn peak_rss_kib(mut cmd: Command, out: &Path) -> (std::process::ExitStatus, i64) {
     use std::os::unix::process::ExitStatusExt;
     let child = cmd
