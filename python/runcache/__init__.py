@@ -15,6 +15,7 @@ from runcache._core import (
     SignatureError,
     StoreError,
 )
+from runcache._dask import Dask
 from runcache._entry import Entry, Explanation
 from runcache._executors import Executor, Inline, Local, Manual
 from runcache._memory import CollisionWarning, Memory
@@ -37,6 +38,7 @@ __version__ = _core.__version__
 __all__ = [
     "CollisionWarning",
     "CorruptEntryError",
+    "Dask",
     "Entry",
     "Executor",
     "Explanation",

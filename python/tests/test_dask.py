@@ -1,0 +1,209 @@
+"""Sweeps on a real Dask cluster (distributed.LocalCluster: a scheduler and worker processes).
+
+The cluster is started once for the module. Each item notes the pid that computed it, so the
+tests count computations per item exactly, and find the process to kill mid-item.
+"""
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import runcache as rc
+from cluster_tasks import step
+from conftest import skip_or_fail
+from sweep_tasks import computed
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def client():
+    try:
+        import distributed
+    except ImportError:
+        skip_or_fail("the distributed package is not installed", "pip install distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    c = distributed.Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+def counts_per_item(trace):
+    return collections.Counter(x for x, _ in computed(trace))
+
+
+def _wait_for(pred, timeout=120.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def _starters(trace):
+    """Pids of the processes that started an item, by item."""
+    out = collections.defaultdict(set)
+    for n in os.listdir(trace):
+        if n.startswith("started-"):
+            _, x, pid = n.split("-")
+            out[int(x)].add(int(pid))
+    return out
+
+
+def _worker_on(trace, x):
+    """The pid of the worker that started item ``x`` (waiting for it to start)."""
+    return min(_wait_for(lambda: _starters(trace).get(x)))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:  # a zombie has exited
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _parent(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().split(")")[-1].split()[1])
+
+
+def _runcache_tasks(client):
+    """Keys of runcache worker tasks the cluster is still running."""
+    return [k for keys in client.processing().values() for k in keys
+            if str(k).startswith("runcache-worker-")]
+
+
+def test_import_runcache_does_not_need_distributed():
+    code = "import sys, runcache; print('distributed' in sys.modules, runcache.Dask.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "Dask"]
+
+
+def test_a_40_item_sweep_computes_each_item_once_in_worker_processes(client, store, trace):
+    items = [{"x": i, "trace": trace} for i in range(40)]
+    ex = rc.Dask(client)
+    assert step.map(items, executor=ex, progress=False) == [i * 10 for i in range(40)]
+    per_item = counts_per_item(trace)
+    assert set(per_item) == set(range(40)) and max(per_item.values()) == 1, per_item
+    dask_pids = set(client.run(os.getpid).values())
+    pids = {pid for _, pid in computed(trace)}
+    assert not pids & (dask_pids | {os.getpid()}), "items run in workers the Dask tasks start"
+    (sweep_id,) = ex._futures
+    handle = rc.sweep(sweep_id)
+    _wait_for(lambda: ex.poll(handle).alive == 0)  # the workers exit once the sweep is drained
+    statuses = list(ex._ended.values())
+    assert statuses and all(s["code"] == 0 for s in statuses), statuses
+    assert all("drained" in " ".join(s["tail"]) for s in statuses), "the worker's log tail"
+    # Again: everything is cached, nothing is submitted to Dask.
+    again = rc.Dask(client)
+    assert step.map(items, executor=again, progress=False) == [i * 10 for i in range(40)]
+    assert again._futures == {} and len(computed(trace)) == 40
+
+
+def test_a_killed_worker_process_mid_item_is_replaced_and_nothing_runs_twice(client, store, trace):
+    items = [{"x": i, "trace": trace, "hold": (7,)} for i in range(40)]
+    jobs = step.map(items, executor=rc.Dask(client), wait=False)
+    sweep = jobs[0].sweep
+    victim = _worker_on(trace, 7)
+    os.kill(victim, signal.SIGKILL)  # its lease dies with it; it never records anything
+    open(os.path.join(trace, "release"), "w").close()
+    assert sweep.results(timeout=300, progress=False) == [i * 10 for i in range(40)]
+    per_item = counts_per_item(trace)
+    assert set(per_item) == set(range(40)) and max(per_item.values()) == 1, per_item
+    assert dict(computed(trace))[7] != victim
+    # The stall report's material: the Dask task reports how its worker ended.
+    _wait_for(lambda: any(f"worker pid {victim}" in p and "SIGKILL" in p
+                          for p in sweep.executor.poll(sweep).problems))
+
+
+def test_a_killed_dask_worker_process_mid_item_takes_its_worker_along(client, store, trace):
+    items = [{"x": i, "trace": trace, "hold": (3,)} for i in range(40)]
+    jobs = step.map(items, executor=rc.Dask(client), wait=False)
+    sweep = jobs[0].sweep
+    runner = _worker_on(trace, 3)
+    dask_worker = _parent(runner)
+    assert dask_worker in set(client.run(os.getpid).values())
+    os.kill(dask_worker, signal.SIGKILL)
+    # The runcache worker learns that its Dask worker died (SIGTERM), records the item
+    # interrupted and exits; Dask's nanny starts a new worker and the task runs again.
+    _wait_for(lambda: not _alive(runner))
+    open(os.path.join(trace, "release"), "w").close()
+    assert sweep.results(timeout=300, progress=False) == [i * 10 for i in range(40)]
+    per_item = counts_per_item(trace)
+    assert set(per_item) == set(range(40)) and max(per_item.values()) == 1, per_item
+    assert dict(computed(trace))[3] != runner
+    client.wait_for_workers(2, timeout=120)
+
+
+def test_a_dask_sweep_overlapping_a_local_sweep_computes_nothing_twice(client, store, trace):
+    on_dask = step.map([{"x": i, "trace": trace, "nap": 0.05} for i in range(30)],
+                       executor=rc.Dask(client), wait=False)
+    local = step.map([{"x": i, "trace": trace, "nap": 0.05} for i in range(10, 40)],
+                     executor=rc.Local(workers=2), progress=False)
+    assert local == [i * 10 for i in range(10, 40)]
+    assert on_dask[0].sweep.results(timeout=300, progress=False) == [i * 10 for i in range(30)]
+    per_item = counts_per_item(trace)
+    assert set(per_item) == set(range(40)) and max(per_item.values()) == 1, per_item
+
+
+def test_cancel_stops_every_worker_and_leaves_no_dask_task_running(client, store, trace):
+    items = [{"x": i, "trace": trace, "hold": tuple(range(10))} for i in range(10)]
+    jobs = step.map(items, executor=rc.Dask(client), wait=False)
+    sweep = jobs[0].sweep
+    _wait_for(lambda: len(_starters(trace)) >= 2)
+    runners = {p for pids in _starters(trace).values() for p in pids}
+    assert sweep.cancel() == 10
+    assert not [p for p in runners if _alive(p)], "the workers were stopped"
+    assert _runcache_tasks(client) == [], "no Dask task of the sweep runs any more"
+    assert sweep.executor.poll(sweep).alive == 0
+    out = sweep.results(errors="return", timeout=60, progress=False)
+    assert [f.error_type for f in out] == ["runcache.Cancelled"] * 10
+    assert computed(trace) == []
+
+
+REATTACH = """
+import json, sys, runcache as rc
+h = rc.sweep({sweep_id!r}, store={store!r}, executor=rc.Dask(address={address!r}))
+alive = h.executor.poll(h).alive
+cancelled = h.cancel()
+print(json.dumps([alive, cancelled, h.status().cancelled]))
+"""
+
+
+def test_another_session_reattaches_by_sweep_id_sees_the_workers_and_cancels_them(
+    client, store, trace
+):
+    items = [{"x": i, "trace": trace, "hold": (0, 1, 2, 3, 4, 5)} for i in range(6)]
+    jobs = step.map(items, executor=rc.Dask(client), wait=False)
+    sweep = jobs[0].sweep
+    _wait_for(lambda: len(_starters(trace)) >= 2)
+    runners = {p for pids in _starters(trace).values() for p in pids}
+    code = REATTACH.format(sweep_id=sweep.id, store=str(store),
+                           address=client.scheduler.address)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=HERE, timeout=180)
+    assert out.returncode == 0, out.stderr
+    alive, cancelled, total_cancelled = json.loads(out.stdout)
+    assert alive == 2, "the other session found both Dask tasks by sweep id"
+    assert cancelled == 6 and total_cancelled == 6
+    assert not [p for p in runners if _alive(p)]
+    assert _runcache_tasks(client) == []
+    assert computed(trace) == []
