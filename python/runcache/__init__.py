@@ -19,6 +19,7 @@ from runcache._dask import Dask
 from runcache._entry import Entry, Explanation
 from runcache._executors import Executor, Inline, Local, Manual
 from runcache._memory import CollisionWarning, Memory
+from runcache._run import RunResult, run
 from runcache._scope import artifact_path, set_metadata
 from runcache._slurm import Slurm
 from runcache._sweep import (
@@ -49,6 +50,7 @@ __all__ = [
     "Manual",
     "Memory",
     "RecordedFailure",
+    "RunResult",
     "RuncacheError",
     "SignatureError",
     "Slurm",
@@ -64,6 +66,7 @@ __all__ = [
     "config",
     "configure",
     "grid",
+    "run",
     "set_metadata",
     "sweep",
     "task",

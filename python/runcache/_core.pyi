@@ -210,3 +210,23 @@ def file_digest_cache_info(clear: bool = False) -> _FileDigestCacheInfo:
 def cli_main(argv: Sequence[str]) -> int:
     """Runs the ``runcache`` command with ``argv`` (the arguments after the program name, like
     ``sys.argv[1:]``) and returns its exit code; never exits the interpreter."""
+
+def run_command(
+    store: Store,
+    argv: Sequence[str],
+    cwd: str,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    env: Sequence[str],
+    version: str,
+    name: str | None,
+    mode: str,
+    ttl: float | None,
+    ignore_cwd: bool,
+    hash_executable: bool,
+    cache_failures: bool,
+    stdout: str | None = None,
+    stderr: str | None = None,
+) -> tuple[int | None, int | None, bool, str]:
+    """Runs a command through the cache (see `runcache.run`): `(exit_code, signal, replayed,
+    key)`; stdout/stderr to those files when given, else to file descriptors 1 and 2."""

@@ -8,6 +8,7 @@ mod cli;
 mod codec;
 mod errors;
 mod hash;
+mod run;
 mod store;
 
 /// The extension module.
@@ -27,6 +28,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(store::register_version, m)?)?;
     m.add_function(wrap_pyfunction!(store::registered_version, m)?)?;
     m.add_function(wrap_pyfunction!(cli::cli_main, m)?)?;
+    m.add_function(wrap_pyfunction!(run::run_command, m)?)?;
     errors::register(m)?;
     hash::register(m)?;
     Ok(())

@@ -24,6 +24,13 @@ pub struct Store {
     inner: runcache::Store,
 }
 
+impl Store {
+    /// The engine's store behind this handle.
+    pub(crate) fn engine(&self) -> &runcache::Store {
+        &self.inner
+    }
+}
+
 fn parse_key(key: &str) -> PyResult<Key> {
     key.parse().map_err(to_py)
 }
