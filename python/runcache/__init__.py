@@ -19,6 +19,7 @@ from runcache._dask import Dask
 from runcache._entry import Entry, Explanation
 from runcache._executors import Executor, Inline, Local, Manual
 from runcache._memory import CollisionWarning, Memory
+from runcache._ray import Ray
 from runcache._run import RunResult, run
 from runcache._scope import artifact_path, set_metadata
 from runcache._slurm import Slurm
@@ -49,6 +50,7 @@ __all__ = [
     "Local",
     "Manual",
     "Memory",
+    "Ray",
     "RecordedFailure",
     "RunResult",
     "RuncacheError",
