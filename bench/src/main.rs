@@ -18,6 +18,7 @@ use runcache::{Manifest, Store, StoreOptions, Task};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
+mod command;
 mod remote;
 
 const MIB: usize = 1 << 20;
@@ -870,6 +871,7 @@ fn run(opts: &Opts) -> Res<()> {
     bench_load(opts, &buf, &mut rep)?;
     drop(buf);
     remote::bench_remote(opts.size, opts.hit_calls, &opts.dir, &mut rep)?;
+    command::bench_command(&opts.dir, opts.quick, &mut rep)?;
     bench_hits(opts, &mut rep)?;
     rep.0.sort_by_key(|r| r.what.as_bytes()[0]);
 
