@@ -590,40 +590,57 @@ impl Store {
     pub fn entries(&self) -> Result<Vec<EntryInfo>> {
         let mut out = Vec::new();
         for key in self.inner.backend.list_manifests()? {
-            // A damaged usage stamp only loses recency.
-            let used = self
-                .inner
-                .backend
-                .last_used(&key)
-                .ok()
-                .flatten()
-                .unwrap_or(0);
-            let lookup = match self.lookup(&key) {
-                // Listed as damage (so `ls` and `verify` show it), never parsed.
-                Err(e @ Error::Signature { .. }) => Lookup::Damaged(e.to_string()),
-                // One object that cannot be read is one damaged entry, not a failed listing.
-                Err(e) if e.is_object_damage() => Lookup::Damaged(e.to_string()),
-                other => other?,
-            };
-            let info = match lookup {
-                Lookup::Missing => continue,
-                Lookup::Found(m) => EntryInfo {
-                    key,
-                    last_used_unix_ms: used.max(m.created_unix_ms),
-                    manifest: Some(Arc::unwrap_or_clone(m)),
-                    damage: None,
-                },
-                Lookup::Damaged(msg) => EntryInfo {
-                    key,
-                    manifest: None,
-                    damage: Some(msg),
-                    last_used_unix_ms: used,
-                },
-            };
-            out.push(info);
+            out.extend(self.entry_info(key)?);
         }
         out.sort_by_key(|e| e.key);
         Ok(out)
+    }
+
+    /// One page of [`Store::entries`]: up to `limit` entries in key order, the first after
+    /// `after`. Listing the next page from the last key of this one walks the whole store
+    /// without ever holding it in memory; a page costs the same on a store of any size where
+    /// the backend can list from a starting point (local directories).
+    pub fn entries_page(&self, after: Option<&Key>, limit: usize) -> Result<Vec<EntryInfo>> {
+        let mut out = Vec::new();
+        for key in self.inner.backend.list_manifests_page(after, limit)? {
+            out.extend(self.entry_info(key)?);
+        }
+        Ok(out)
+    }
+
+    /// The listing of one key: its manifest or its damage, and its last use (`None` if the
+    /// entry vanished since it was listed).
+    fn entry_info(&self, key: Key) -> Result<Option<EntryInfo>> {
+        // A damaged usage stamp only loses recency.
+        let used = self
+            .inner
+            .backend
+            .last_used(&key)
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        let lookup = match self.lookup(&key) {
+            // Listed as damage (so `ls` and `verify` show it), never parsed.
+            Err(e @ Error::Signature { .. }) => Lookup::Damaged(e.to_string()),
+            // One object that cannot be read is one damaged entry, not a failed listing.
+            Err(e) if e.is_object_damage() => Lookup::Damaged(e.to_string()),
+            other => other?,
+        };
+        Ok(match lookup {
+            Lookup::Missing => None,
+            Lookup::Found(m) => Some(EntryInfo {
+                key,
+                last_used_unix_ms: used.max(m.created_unix_ms),
+                manifest: Some(Arc::unwrap_or_clone(m)),
+                damage: None,
+            }),
+            Lookup::Damaged(msg) => Some(EntryInfo {
+                key,
+                manifest: None,
+                damage: Some(msg),
+                last_used_unix_ms: used,
+            }),
+        })
     }
 
     /// The unique entry whose key starts with `prefix` (at least 4 hex digits).

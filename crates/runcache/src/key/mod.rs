@@ -23,9 +23,12 @@
 
 pub mod canonical;
 mod capture;
+mod diff;
 mod document;
 mod encode;
 mod path;
+
+pub use diff::{diff_documents, Difference};
 
 use std::fmt;
 use std::str::FromStr;

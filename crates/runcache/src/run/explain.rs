@@ -2,24 +2,11 @@
 //! of the same namespace nearest to it with the parts of the key document that differ (an input
 //! whose content changed, an environment variable, an argument).
 
-use serde_json::Value;
-
 use super::{prepare, RunSpec};
 use crate::engine::Store;
 use crate::error::Result;
-use crate::key::Key;
+use crate::key::{diff_documents, Difference, Key};
 use crate::manifest::Status;
-
-/// One part of the key document that differs from a stored entry's.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Difference {
-    /// Where in the key document, e.g. `args.inputs.data.csv` or `args.env.SEED`.
-    pub path: String,
-    /// The stored entry's value there (`None`: absent).
-    pub stored: Option<Value>,
-    /// This command's value there (`None`: absent).
-    pub now: Option<Value>,
-}
 
 /// What [`explain`] found.
 #[derive(Clone, Debug)]
@@ -64,8 +51,7 @@ pub fn explain(store: &Store, spec: &RunSpec) -> Result<Explanation> {
         .filter_map(|e| e.manifest)
         .filter(|m| m.namespace == p.namespace)
         .map(|m| {
-            let mut diffs = Vec::new();
-            diff("", &m.key_doc, &p.doc, &mut diffs);
+            let diffs = diff_documents(&m.key_doc, &p.doc);
             (m.key, m.status, diffs)
         })
         .collect();
@@ -88,59 +74,4 @@ pub fn explain(store: &Store, spec: &RunSpec) -> Result<Explanation> {
     };
     out.nearest = nearest;
     Ok(out)
-}
-
-/// Collects the paths where `a` (stored) and `b` (now) differ, descending into objects.
-fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<Difference>) {
-    let join = |k: &str| {
-        if path.is_empty() {
-            k.to_string()
-        } else {
-            format!("{path}.{k}")
-        }
-    };
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            for (k, va) in x {
-                match y.get(k) {
-                    Some(vb) => diff(&join(k), va, vb, out),
-                    None => out.push(Difference {
-                        path: join(k),
-                        stored: Some(va.clone()),
-                        now: None,
-                    }),
-                }
-            }
-            for (k, vb) in y {
-                if !x.contains_key(k) {
-                    out.push(Difference {
-                        path: join(k),
-                        stored: None,
-                        now: Some(vb.clone()),
-                    });
-                }
-            }
-        }
-        _ if a == b => {}
-        _ => out.push(Difference {
-            path: path.to_string(),
-            stored: Some(a.clone()),
-            now: Some(b.clone()),
-        }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn differences_name_their_path() {
-        let a = serde_json::json!({"args": {"env": {"SEED": "1"}, "argv": ["x"]}});
-        let b = serde_json::json!({"args": {"env": {"SEED": "2", "N": "3"}, "argv": ["x"]}});
-        let mut d = Vec::new();
-        diff("", &a, &b, &mut d);
-        let paths: Vec<_> = d.iter().map(|d| d.path.as_str()).collect();
-        assert_eq!(paths, ["args.env.SEED", "args.env.N"]);
-    }
 }

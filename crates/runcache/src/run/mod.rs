@@ -32,7 +32,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::key::{compute_key, key_document, Key};
 use crate::manifest::{Manifest, Status};
 
-pub use explain::{explain, Difference, Explanation};
+pub use crate::key::Difference;
+pub use explain::{explain, Explanation};
 pub use outputs::{EntryKind, TreeEntry};
 
 /// Artifact holding the command's stdout.

@@ -97,6 +97,18 @@ pub trait Backend: Send + Sync + Debug {
     fn delete_manifest(&self, key: &Key) -> Result<()>;
     /// Keys of every manifest in the store.
     fn list_manifests(&self) -> Result<Vec<Key>>;
+    /// Up to `limit` manifest keys in key order, the first after `after` (one page of a
+    /// listing). The default lists everything and sorts; backends that can list from a
+    /// starting point override it, so that a page costs the same on a store of any size.
+    fn list_manifests_page(&self, after: Option<&Key>, limit: usize) -> Result<Vec<Key>> {
+        let mut keys = self.list_manifests()?;
+        keys.sort_unstable();
+        Ok(keys
+            .into_iter()
+            .filter(|k| after.is_none_or(|a| k > a))
+            .take(limit)
+            .collect())
+    }
     /// Where the manifest of `key` lives, for messages.
     fn manifest_location(&self, key: &Key) -> String;
 

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod damage;
+pub mod pages;
 pub mod processes;
 pub mod run;
 
@@ -54,6 +55,7 @@ pub fn run_all(open: Factory<'_>) {
     sweep_items_are_claimed_and_reported(open());
     sweep_tells_its_own_work_by_id_not_by_clock(open());
     sweep_items_are_cancelled_only_before_they_start(open());
+    pages::entries_are_listed_in_pages(open());
     run::commands_run_once_and_replay(open());
     run::a_damaged_output_is_noticed_not_restored(open());
 }

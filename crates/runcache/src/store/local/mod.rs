@@ -395,6 +395,14 @@ impl Backend for LocalBackend {
             .collect()
     }
 
+    fn list_manifests_page(&self, after: Option<&Key>, limit: usize) -> Result<Vec<Key>> {
+        let after = after.map(Key::to_hex);
+        walk::list_sharded_page(&self.root.join("manifests"), ".json", after.as_deref(), limit)
+            .into_iter()
+            .map(|hex| hex.parse())
+            .collect()
+    }
+
     fn manifest_location(&self, key: &Key) -> String {
         self.manifest_file(key).display().to_string()
     }
