@@ -6,7 +6,9 @@
 
 Sections: (a) hit latency with small arguments, (b) a hit whose argument is a large array,
 (c) storing a large array result, (d) loading it, (e) sweeps: a fully cached `map` over
-rc.Local workers and the throughput of trivial items, against joblib.Parallel. Every figure is
+rc.Local workers and the throughput of trivial items, against joblib.Parallel, (f) clusters:
+trivial items through rc.Dask against client.map of the same function, and a fully cached
+sweep through rc.Local, rc.Dask and rc.Ray (nothing submitted). Every figure is
 a median; the machine is shared and noisy, so the ratios (measured in the same run) are what
 count. The last table checks DESIGN.md §8's targets. exca is benchmarked only if it is
 installed. Everything is written to a temporary directory that is removed at the end.
@@ -510,6 +512,110 @@ def bench_sweeps(tmp: str, cached_n: int, tp_n: int, reps: int) -> None:
           f"{paired['sweep throughput vs joblib (warm)']:.2f}x vs the warm pool")
 
 
+def bench_clusters(tmp: str, tp_n: int, cached_n: int, reps: int) -> None:
+    """(f) sweeps on a Dask cluster (distributed.LocalCluster, 2 worker processes of 1 thread)
+    and on a local Ray (2 CPUs): throughput of trivial items against the engine's own map of
+    the same function, and a fully cached sweep through every executor."""
+    try:
+        import distributed
+    except ImportError:
+        print("\n(f) clusters: skipped (pip install distributed)")
+        return
+    print(
+        f"\n(f) clusters: {tp_n:,} trivial items through rc.Dask (fresh store each time) vs "
+        f"client.map of the same function without runcache (distributed "
+        f"{distributed.__version__}, LocalCluster of 2 worker processes, 1 thread each); "
+        f"median of {reps}, back to back, order alternating"
+    )
+    sweep_sizes["cluster_throughput"] = tp_n
+    sweep_sizes["cluster_cached"] = cached_n
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = distributed.Client(cluster)
+    items = sweep_grid(tp_n)
+    i_args, lr_args = [it["i"] for it in items], [it["lr"] for it in items]
+    expected = [it["i"] * it["lr"] for it in items]
+
+    def dask_map() -> list[Any]:
+        futures = client.map(plain_item, i_args, lr_args, pure=False)
+        try:
+            return client.gather(futures)
+        finally:
+            del futures
+
+    def rc_dask(where: str) -> list[Any]:
+        return sweep_item.options(store=where).map(items, executor=rc.Dask(client),
+                                                   progress=False)
+
+    ray = None
+    try:
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except ImportError:
+        print("  Ray rows skipped (pip install ray)")
+    try:
+        dask_map()  # the workers import plain_item's module once, outside the timings
+        times: dict[str, list[float]] = {"dask": [], "rc": [], "ray": []}
+        for rep in range(reps):
+            order = ["dask", "rc"] if rep % 2 == 0 else ["rc", "dask"]
+            if ray is not None:
+                order.append("ray")
+            for kind in order:
+                where = os.path.join(tmp, f"cluster-tp-{kind}-{rep}")
+                if kind == "dask":
+                    t, out = timed(dask_map)
+                elif kind == "rc":
+                    t, out = timed(rc_dask, where)
+                else:
+                    t, out = timed(lambda: sweep_item.options(store=where).map(
+                        items, executor=rc.Ray(), progress=False))
+                if list(out) != expected:
+                    raise AssertionError(f"{kind}: wrong results")
+                times[kind].append(t)
+        paired["dask throughput vs client.map"] = statistics.median(
+            d / r for d, r in zip(times["dask"], times["rc"]))
+        labels = {"rc": f"runcache {tp_n:,} items, Dask (2 workers)",
+                  "dask": f"client.map {tp_n:,} items, no runcache",
+                  "ray": f"runcache {tp_n:,} items, Ray (2 CPUs) (info)"}
+        for kind, label in labels.items():
+            if times[kind]:
+                med = statistics.median(times[kind])
+                row("f", label, med,
+                    f"{tp_n / med:,.0f} items/s; runs: {', '.join(fmt(t) for t in times[kind])}")
+
+        # -- a fully cached sweep through each executor: nothing is submitted ---------------
+        loc = os.path.join(tmp, "cluster-cached")
+        cached = sweep_grid(cached_n)
+        t, _ = timed(lambda: sweep_item.options(store=loc).map(
+            cached, executor=rc.Dask(client), progress=False))
+        row("f", f"  first call: runcache computes {cached_n:,} items (Dask)", t, "(info)")
+        executors: dict[str, Callable[[], rc.Executor]] = {
+            "Local": lambda: rc.Local(workers=2), "Dask": lambda: rc.Dask(client)}
+        if ray is not None:
+            executors["Ray"] = rc.Ray
+        for name, make in executors.items():
+            runs = []
+            for _ in range(reps):
+                ex = make()
+                t, out = timed(lambda: sweep_item.options(store=loc).map(
+                    cached, executor=ex, progress=False))
+                if getattr(ex, "_procs", None) or getattr(ex, "_futures", None) or getattr(
+                        ex, "_refs", None):
+                    raise AssertionError(f"a fully cached sweep started workers on {name}")
+                runs.append(t)
+            row("f", f"runcache {cached_n:,}-item cached sweep ({name})", statistics.median(runs),
+                f"runs: {', '.join(fmt(t) for t in runs)}; nothing submitted")
+    finally:
+        client.close()
+        cluster.close()
+        if ray is not None:
+            ray.shutdown()
+    print(f"  throughput ratio (runcache speed / client.map speed, paired per repetition): "
+          f"{paired['dask throughput vs client.map']:.2f}x")
+
+
 def targets(ran: set[str]) -> None:
     r = results
 
@@ -559,6 +665,16 @@ def targets(ran: set[str]) -> None:
              paired.get("sweep throughput vs joblib (warm)"), None, x2,
              "warm pool: joblib's workers already run"),
         ]
+    if "clusters" in ran and sweep_sizes.get("cluster_cached"):
+        n, m = sweep_sizes["cluster_cached"], sweep_sizes["cluster_throughput"]
+        checks.append(
+            ("clusters", f"{m:,}-item sweep on Dask: >= 0.5x client.map speed",
+             paired.get("dask throughput vs client.map"), lambda v: v >= 0.5, x2, ""))
+        for name in ("Local", "Dask", "Ray"):
+            checks.append(
+                ("clusters", f"{n:,}-item cached sweep, {name}: < 0.5 s",
+                 r.get(f"runcache {n:,}-item cached sweep ({name})"), lambda v: v < 0.5, fmt,
+                 "" if n == 10_000 else f"n/a: measured {n:,} items"))
     print("\nDESIGN §8 targets (ratios are speed: peer time / runcache time; store, full read and"
           " sweep throughput: median over repetitions of back-to-back pairs)")
     for section, name, value, ok, show, why in checks:
@@ -602,7 +718,7 @@ def summary() -> None:
         print(f"  {ours:<48} vs {peer:<46} {vs(ours, peer):>10}")
 
 
-SECTIONS = ("hits", "arrays", "sweeps")
+SECTIONS = ("hits", "arrays", "sweeps", "clusters")
 
 
 def main() -> None:
@@ -611,7 +727,7 @@ def main() -> None:
                    help="64 MiB arrays, 5 000 hit calls, 2 000 cached / 500 computed sweep items")
     p.add_argument("--only", action="append", choices=SECTIONS, default=None,
                    help="run only this section (repeatable): hits = (a), arrays = (b) (c) (d), "
-                        "sweeps = (e)")
+                        "sweeps = (e), clusters = (f) (Dask and Ray)")
     p.add_argument("--calls", type=int, default=None, help="hit calls per peer (default 20 000)")
     p.add_argument("--size-mib", type=int, default=None, help="array size in MiB (default 1024)")
     p.add_argument("--sweep-items", type=int, default=None,
@@ -645,6 +761,8 @@ def main() -> None:
             del arr
         if "sweeps" in ran:
             bench_sweeps(tmp, cached_n, tp_n, 5)
+        if "clusters" in ran:
+            bench_clusters(tmp, 1000, cached_n, reps)
         summary()
         targets(ran)
         if a.json:

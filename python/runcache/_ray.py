@@ -27,12 +27,18 @@ def _ray() -> Any:
     return ray
 
 
+#: A worker not heard of for this long is no longer counted alive by other sessions (its task
+#: asks the control actor for a stop every 0.5 s; Ray ends a driver's tasks with the driver).
+SILENCE = 10.0
+
+
 class _Control:
-    """One sweep's control actor: a stop flag and the workers' start and end reports."""
+    """One sweep's control actor: a stop flag and the workers' start, end and last-seen
+    reports."""
 
     def __init__(self) -> None:
         self.stop_requested = False
-        self.started: set[str] = set()
+        self.seen: dict[str, float] = {}
         self.ended: dict[str, dict[str, Any]] = {}
 
     def stop(self) -> None:
@@ -41,19 +47,22 @@ class _Control:
     def clear(self) -> None:
         self.stop_requested = False
 
-    def stopped(self) -> bool:
+    def stopped(self, name: str) -> bool:
+        self.seen[name] = time.monotonic()
         return self.stop_requested
 
     def begin(self, name: str) -> bool:
-        self.started.add(name)
         self.ended.pop(name, None)  # Ray runs a task again after its process died
-        return self.stop_requested
+        return self.stopped(name)
 
     def end(self, name: str, status: dict[str, Any]) -> None:
         self.ended[name] = status
 
     def report(self) -> tuple[list[str], dict[str, dict[str, Any]]]:
-        return sorted(self.started), dict(self.ended)
+        """The workers heard of lately and not ended, and how the ended ones ended."""
+        now = time.monotonic()
+        live = [n for n, t in self.seen.items() if n not in self.ended and now - t < SILENCE]
+        return sorted(live), dict(self.ended)
 
 
 def _control_name(sweep_id: str) -> str:
@@ -90,7 +99,7 @@ def worker_task(argv: list[str], env: dict[str, str], log_dir: str | None, sweep
         if time.monotonic() - last[0] < 0.5:
             return False
         last[0] = time.monotonic()
-        return bool(ray.get(control.stopped.remote()))
+        return bool(ray.get(control.stopped.remote(name)))
 
     log = _remote.log_path(log_dir, sweep_id, name)
     status = _remote.run_worker(argv, env, log, stop_requested)
@@ -110,8 +119,10 @@ class Ray(Executor):
     resources); the task's declared resources come on top: ``cpu``/``gpu`` become Ray's
     ``num_cpus``/``num_gpus``, any other name a custom resource the cluster must have. A launch
     starts as many loops as the cluster's CPUs allow (``workers`` to choose), at most one per
-    queued item. Tasks outlive the submitting session: another session reattaches with
-    ``runcache.sweep(ID, executor=runcache.Ray(address=...))`` and may cancel them.
+    queued item. Ray ends a driver's tasks when the driver exits (what they completed stays in
+    the store, what they held is recorded interrupted); while it runs, another session
+    reattaches with ``runcache.sweep(ID, executor=runcache.Ray())`` (after ``ray.init(address)``)
+    and sees or cancels them, and its ``wait`` starts workers again once they are gone.
     """
 
     def __init__(
@@ -222,9 +233,8 @@ class Ray(Executor):
         control = _control(sweep.id, create=False)
         if control is None:
             return WorkerState(alive=0)
-        started, ended = _ray().get(control.report.remote())
-        alive = len(set(started) - set(ended))
-        return self._state(sorted(ended.items()), alive)
+        live, ended = _ray().get(control.report.remote())
+        return self._state(sorted(ended.items()), len(live))
 
     def _state(self, ended: list[tuple[str, dict[str, Any]]], alive: int) -> WorkerState:
         problems = [
@@ -263,8 +273,8 @@ class Ray(Executor):
         elif control is not None:  # another session's tasks: wait until they report an end
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                started, ended = ray.get(control.report.remote())
-                if not set(started) - set(ended):
+                live, _ = ray.get(control.report.remote())
+                if not live:
                     break
                 time.sleep(0.1)
         if self._refs.get(sweep.id):

@@ -159,3 +159,37 @@ def test_task_resources_become_ray_requests_and_a_missing_one_is_named(ray, stor
     assert ex.requests(view) == {
         "num_cpus": 2.0, "num_gpus": 1.0, "resources": {"licence": 1.0, "ram": 4.0}
     }
+
+
+SUBMIT_AND_EXIT = """
+import sys, time, ray, runcache as rc
+from cluster_tasks import step
+ray.init(address={address!r}, log_to_driver=False)
+rc.configure(store={store!r})
+jobs = step.map([dict(x=i, trace={trace!r}, hold=(0, 1, 2, 3)) for i in range(4)],
+                executor=rc.Ray(), wait=False)
+print(jobs[0].sweep.id, flush=True)
+sys.stdin.readline()  # until the test has seen the workers start
+"""
+
+
+def test_a_driver_that_exits_takes_its_workers_along_and_another_session_finishes(
+    ray, store, trace
+):
+    address = ray.get_runtime_context().gcs_address
+    code = SUBMIT_AND_EXIT.format(address=address, store=str(store), trace=trace)
+    driver = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=HERE)
+    sweep_id = driver.stdout.readline().strip()
+    _wait_for(lambda: len(_starters(trace)) >= 2)
+    runners = {p for pids in _starters(trace).values() for p in pids}
+    driver.communicate("\n", timeout=120)
+    assert driver.returncode == 0
+    # Ray ends the driver's tasks; their workers get SIGTERM and record the items interrupted.
+    _wait_for(lambda: not [p for p in runners if _alive(p)])
+    open(os.path.join(trace, "release"), "w").close()
+    handle = rc.sweep(sweep_id, executor=rc.Ray())
+    # The control actor stops counting the silent workers; wait starts new ones from here.
+    assert handle.results(timeout=300, progress=False) == [0, 10, 20, 30]
+    per_item = counts_per_item(trace)
+    assert per_item == {0: 1, 1: 1, 2: 1, 3: 1}, per_item
