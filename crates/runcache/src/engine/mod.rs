@@ -2,6 +2,7 @@
 //!
 //! [`Backend`]: crate::store::Backend
 
+mod batch;
 mod context;
 mod entry;
 mod maintenance;

@@ -30,7 +30,7 @@ pub struct Task {
     pub(crate) namespace: String,
     pub(crate) version: String,
     pub(crate) mode: Mode,
-    wait_timeout: Option<Duration>,
+    pub(crate) wait_timeout: Option<Duration>,
     validator: Option<Validator>,
 }
 
@@ -84,7 +84,7 @@ impl Failure {
 }
 
 /// Typed Rust values, encoded with postcard into one `value` blob.
-struct Postcard;
+pub(crate) struct Postcard;
 
 impl<T: Serialize + DeserializeOwned> ValueCodec<T> for Postcard {
     fn name(&self) -> &str {
@@ -135,7 +135,7 @@ pub enum Claim {
 }
 
 /// What the store says about a key, given the mode.
-enum Check<T> {
+pub(crate) enum Check<T> {
     Hit(T),
     Failed(ErrorInfo),
     Compute { replace: bool },
@@ -431,7 +431,17 @@ impl Task {
 
     /// Looks at the stored entry and decides, by mode, whether it is a hit.
     fn check<T>(&self, key: &Key, codec: &dyn ValueCodec<T>) -> Result<Check<T>> {
-        let manifest = match self.store.lookup(key)? {
+        self.judge(key, self.store.lookup(key)?, codec)
+    }
+
+    /// Decides, by mode, whether what a lookup of `key` found is a hit.
+    pub(crate) fn judge<T>(
+        &self,
+        key: &Key,
+        found: Lookup,
+        codec: &dyn ValueCodec<T>,
+    ) -> Result<Check<T>> {
+        let manifest = match found {
             Lookup::Missing => return Ok(Check::Compute { replace: false }),
             Lookup::Damaged(msg) => {
                 log::warn!(
@@ -497,7 +507,7 @@ impl Task {
         codec.decode(&self.store, manifest)
     }
 
-    fn recorded_failure(&self, key: &Key, err: ErrorInfo) -> Error {
+    pub(crate) fn recorded_failure(&self, key: &Key, err: ErrorInfo) -> Error {
         Error::RecordedFailure {
             namespace: self.namespace.clone(),
             key: key.to_hex(),
@@ -678,7 +688,7 @@ fn hash_file(path: &Path) -> Result<(Digest, u64)> {
 }
 
 /// Runs `f` with no store involved (modes `off`, and `read-only` on a miss).
-fn run_uncached<T, F>(namespace: &str, f: F) -> Result<T>
+pub(crate) fn run_uncached<T, F>(namespace: &str, f: F) -> Result<T>
 where
     F: FnOnce(&mut Context) -> std::result::Result<T, Failure>,
 {
@@ -689,7 +699,7 @@ where
     })
 }
 
-fn release(guard: crate::lease::LeaseGuard) {
+pub(crate) fn release(guard: crate::lease::LeaseGuard) {
     if let Err(e) = guard.release() {
         log::warn!("runcache: could not release a lease: {e}");
     }

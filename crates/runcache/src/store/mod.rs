@@ -86,6 +86,12 @@ pub trait Backend: Send + Sync + Debug {
     fn put_manifest(&self, key: &Key, bytes: &[u8], replace: bool) -> Result<bool>;
     /// Reads a manifest; `None` if the entry does not exist.
     fn get_manifest(&self, key: &Key) -> Result<Option<Vec<u8>>>;
+    /// Reads the manifests of many keys at once, in the order of `keys` (`None` where an
+    /// entry does not exist). The default reads them one by one; backends with a round trip
+    /// per read (PostgreSQL, S3) answer in one query or concurrently.
+    fn get_manifests(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get_manifest(k)).collect()
+    }
     /// A cheap fingerprint of the stored manifest of `key` that changes whenever the manifest
     /// is replaced or deleted (the local store: device, inode, size, mtime, ctime from one
     /// `stat`). `Ok(None)` means the backend offers none (every lookup reads the manifest) or

@@ -721,6 +721,7 @@ struct Sql {
     manifest_insert: String,
     manifest_upsert: String,
     manifest_get: String,
+    manifest_get_many: String,
     manifest_delete: String,
     manifest_list: String,
     touch: String,
@@ -780,6 +781,7 @@ impl Sql {
                      status = EXCLUDED.status, body = EXCLUDED.body, updated = now()"
             ),
             manifest_get: format!("SELECT body FROM {s}.manifests WHERE key = $1"),
+            manifest_get_many: format!("SELECT key, body FROM {s}.manifests WHERE key = ANY($1)"),
             manifest_delete: format!("DELETE FROM {s}.manifests WHERE key = $1"),
             manifest_list: format!("SELECT key FROM {s}.manifests"),
             touch: format!(
@@ -1055,6 +1057,24 @@ impl Backend for PostgresBackend {
         Ok(rows
             .first()
             .map(|r| r.get::<_, Option<Vec<u8>>>(0).unwrap_or_default()))
+    }
+
+    fn get_manifests(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>> {
+        // One query for the whole list: a batch of N lookups is one round trip, not N.
+        let wanted: Vec<&[u8]> = keys.iter().map(|k| &k.0.as_bytes()[..]).collect();
+        let rows = self.db.query(
+            "reading manifests",
+            &self.db.sql.manifest_get_many,
+            &[&wanted],
+        )?;
+        let mut found: HashMap<Key, Vec<u8>> = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            // A row with a bad key is a stray (`strays`), never one of the keys asked for.
+            if let Ok(key) = key_from(r.get(0), &self.db, "manifest") {
+                found.insert(key, r.get::<_, Option<Vec<u8>>>(1).unwrap_or_default());
+            }
+        }
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
     }
 
     fn delete_manifest(&self, key: &Key) -> Result<()> {

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod batch;
 pub mod damage;
 pub mod pages;
 pub mod processes;
@@ -58,6 +59,7 @@ pub fn run_all(open: Factory<'_>) {
     pages::entries_are_listed_in_pages(open());
     run::commands_run_once_and_replay(open());
     run::a_damaged_output_is_noticed_not_restored(open());
+    batch::run_all(open);
 }
 
 /// The location a test service exported in `var` (by `scripts/services/<script>`), or `None`

@@ -76,6 +76,9 @@ struct S3Options {
     multipart_mib: u64,
 }
 
+/// Most GET requests one batched manifest read keeps in flight.
+const CONCURRENT_GETS: usize = 32;
+
 /// What every part of the backend (blobs, manifests, leases) shares: the client, the runtime
 /// that drives it, and where the store lives.
 pub(crate) struct Client {
@@ -169,6 +172,28 @@ impl Client {
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(self.fail("GET", rel, e)),
             }
+        })
+    }
+
+    /// Reads every object of `rels` with up to [`CONCURRENT_GETS`] requests in flight, in
+    /// the order given; `None` where one does not exist.
+    pub(crate) fn get_many(&self, rels: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.block_on(async {
+            futures::stream::iter(rels.iter().map(|rel| async move {
+                match self.store.get(&self.path(rel)).await {
+                    Ok(r) => match r.bytes().await {
+                        Ok(bytes) => Ok(Some(bytes.to_vec())),
+                        Err(e) => Err(self.fail("GET", rel, e)),
+                    },
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(self.fail("GET", rel, e)),
+                }
+            }))
+            .buffered(CONCURRENT_GETS)
+            .collect::<Vec<Result<Option<Vec<u8>>>>>()
+            .await
+            .into_iter()
+            .collect()
         })
     }
 
@@ -775,6 +800,11 @@ impl Backend for S3Backend {
 
     fn get_manifest(&self, key: &Key) -> Result<Option<Vec<u8>>> {
         Ok(self.client.get(&Self::manifest_rel(key))?.map(|(b, _)| b))
+    }
+
+    fn get_manifests(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>> {
+        let rels: Vec<String> = keys.iter().map(Self::manifest_rel).collect();
+        self.client.get_many(&rels)
     }
 
     fn delete_manifest(&self, key: &Key) -> Result<()> {
