@@ -17,7 +17,7 @@ import pytest
 import runcache as rc
 from cluster_tasks import step
 from conftest import skip_or_fail
-from sweep_tasks import computed
+from sweep_tasks import computed, square
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -151,6 +151,34 @@ def test_a_killed_dask_worker_process_mid_item_takes_its_worker_along(client, st
     assert set(per_item) == set(range(40)) and max(per_item.values()) == 1, per_item
     assert dict(computed(trace))[3] != runner
     client.wait_for_workers(2, timeout=120)
+
+
+def test_sigterm_of_the_only_worker_records_the_item_interrupted_and_a_new_task_finishes(
+    client, store, trace
+):
+    items = [{"x": i, "trace": trace, "hold": (0,)} for i in range(3)]
+    ex = rc.Dask(client, workers=1)
+    jobs = step.map(items, executor=ex, wait=False)
+    sweep = jobs[0].sweep
+    victim = _worker_on(trace, 0)
+    os.kill(victim, signal.SIGTERM)  # as a preemption does
+    entry = step.entry(0, trace, (0,))
+    _wait_for(lambda: entry.status() == "interrupted")
+    open(os.path.join(trace, "release"), "w").close()
+    # The only Dask task ended with items left: wait submits a new one.
+    assert sweep.results(timeout=300, progress=False) == [0, 10, 20]
+    assert victim not in {pid for x, pid in computed(trace) if x == 0}
+    assert len(ex._futures[sweep.id]) == 2, "one relaunch"
+    _wait_for(lambda: ex.poll(sweep).alive == 0)
+    said = " ".join(line for s in ex._ended.values() for line in s["tail"])
+    assert "SIGTERM: the running item was recorded interrupted and released" in said
+    assert not ex.poll(sweep).problems, "a worker that stopped on SIGTERM exits cleanly"
+
+
+def test_submit_returns_a_job_with_its_status_and_logs(client, store, trace):
+    job = square.submit(7, trace, executor=rc.Dask(client))
+    assert job.result(timeout=120) == 49
+    assert job.status() == "completed" and "squaring 7" in job.logs()
 
 
 def test_a_dask_sweep_overlapping_a_local_sweep_computes_nothing_twice(client, store, trace):

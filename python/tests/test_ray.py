@@ -15,7 +15,7 @@ import pytest
 import runcache as rc
 from cluster_tasks import on_gpu, step
 from conftest import skip_or_fail
-from sweep_tasks import computed
+from sweep_tasks import computed, square
 from test_dask import _alive, _parent, _starters, _wait_for, _worker_on, counts_per_item
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -193,3 +193,9 @@ def test_a_driver_that_exits_takes_its_workers_along_and_another_session_finishe
     assert handle.results(timeout=300, progress=False) == [0, 10, 20, 30]
     per_item = counts_per_item(trace)
     assert per_item == {0: 1, 1: 1, 2: 1, 3: 1}, per_item
+
+
+def test_submit_returns_a_job_with_its_status_and_logs(ray, store, trace):
+    job = square.submit(7, trace, executor=rc.Ray())
+    assert job.result(timeout=120) == 49
+    assert job.status() == "completed" and "squaring 7" in job.logs()
