@@ -7,6 +7,7 @@
 """
 
 from runcache import _core
+from runcache._batch import BatchTask, batch_task
 from runcache._config import config, configure
 from runcache._core import (
     CorruptEntryError,
@@ -38,6 +39,7 @@ from runcache._task import Task, Terminated, task
 __version__ = _core.__version__
 
 __all__ = [
+    "BatchTask",
     "CollisionWarning",
     "CorruptEntryError",
     "Dask",
@@ -65,6 +67,7 @@ __all__ = [
     "Terminated",
     "__version__",
     "artifact_path",
+    "batch_task",
     "config",
     "configure",
     "grid",

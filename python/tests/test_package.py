@@ -12,7 +12,8 @@ def test_extension_loads_and_reports_versions():
 #: before it (docs/architecture.md, "Layers"); function-level imports count too.
 LAYERS = [
     "_core", "_config", "_run", "_scope", "_progress", "_entry", "_results", "_executors", "_slurm",
-    "_remote", "_dask", "_ray", "_sweep", "_task", "_memory", "_worker", "__main__", "__init__",
+    "_remote", "_dask", "_ray", "_sweep", "_task", "_batch", "_memory", "_worker", "__main__",
+    "__init__",
 ]
 
 

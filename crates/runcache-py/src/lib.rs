@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 
+mod batch;
 mod blob;
 mod cli;
 mod codec;
@@ -25,6 +26,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("KEY_FORMAT_VERSION", runcache::key::KEY_FORMAT_VERSION)?;
     m.add_class::<store::Store>()?;
     m.add_class::<blob::Blob>()?;
+    m.add_function(wrap_pyfunction!(batch::call_batch, m)?)?;
     m.add_function(wrap_pyfunction!(store::register_version, m)?)?;
     m.add_function(wrap_pyfunction!(store::registered_version, m)?)?;
     m.add_function(wrap_pyfunction!(cli::cli_main, m)?)?;

@@ -1,0 +1,239 @@
+"""``@runcache.batch_task``: a function over a list of items, computed in batches and cached
+per item (embed 10 000 texts 64 at a time; after a crash or when new texts arrive, only the
+items without an entry are computed)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Callable, Iterable
+
+from runcache import _config, _core, _task
+from runcache._entry import Entry, Explanation, explain_call
+
+
+class BatchTask:
+    """A function ``fn(items, *args, **kwargs) -> results`` (one result per item, in order)
+    whose results are stored one entry per item. Created by :func:`batch_task`; call it like
+    the function. The key of an item is the task's name and version, ``item_key(item)`` in
+    place of the list, and the other arguments (which enter every item's key)."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Iterable[Any]],
+        *,
+        item_key: Callable[[Any], Any] | None = None,
+        batch_size: int = 64,
+        name: str | None = None,
+        version: str = "0",
+        ignore: Iterable[str] = (),
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: give a positive integer, e.g. 64")
+        self.fn = fn
+        module = "__main__" if fn.__module__ == "__mp_main__" else fn.__module__
+        self.name = name or f"{module}.{fn.__qualname__}"
+        self.version = str(version)
+        self.batch_size = batch_size
+        self.item_key = item_key
+        self._options = dict(options or {})
+        self._sig = _task._Signature(fn, ignore, ())
+        if not self._sig.names:
+            raise TypeError(
+                f"{fn.__qualname__} takes no parameters: a batch task's first parameter is the "
+                "list of items"
+            )
+        self._items_param = self._sig.names[0]
+        if self._items_param in self._sig.ignore:
+            raise TypeError(f"the items parameter {self._items_param!r} cannot be ignored")
+        _core.register_version(self.name, self.version)
+
+    def __repr__(self) -> str:
+        return f"<runcache.batch_task {self.name} v{self.version} batch_size={self.batch_size}>"
+
+    def options(self, **options: Any) -> "BatchTask":
+        """This task with per-call options, e.g. ``embed.options(mode="force")(texts)``;
+        ``batch_size`` may be given here too."""
+        view = BatchTask.__new__(BatchTask)
+        view.__dict__.update(self.__dict__)
+        if "batch_size" in options:
+            size = options.pop("batch_size")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise ValueError(f"batch_size={size!r}: give a positive integer, e.g. 64")
+            view.batch_size = size
+        _config._check(options)
+        view._options = {**self._options, **options}
+        return view
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def _shared_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The bound arguments other than the items (the items parameter bound to None)."""
+        return self._sig.bind((None, *args), kwargs)
+
+    def _item_args(self, shared: dict[str, Any], item: Any) -> dict[str, Any]:
+        keyed = self.item_key(item) if self.item_key is not None else item
+        return {**shared, self._items_param: keyed}
+
+    def key(self, item: Any, *args: Any, **kwargs: Any) -> str:
+        """The entry key (64 hex digits) of one item, with these other arguments."""
+        bound = self._item_args(self._shared_args(args, kwargs), item)
+        return _core.compute_key(self.name, self.version, bound)
+
+    def entry(self, item: Any, *args: Any, **kwargs: Any) -> Entry:
+        """A handle on the entry of one item (which may not exist yet)."""
+        store = _config.open_store(_config.current(self._options))
+        return Entry(store, self.key(item, *args, **kwargs), self.name)
+
+    def explain(self, item: Any, *args: Any, **kwargs: Any) -> Explanation:
+        """Why one item is (or is not) a hit: the nearest stored entries of this task."""
+        store = _config.open_store(_config.current(self._options))
+        bound = self._item_args(self._shared_args(args, kwargs), item)
+        return explain_call(store, self.name, self.version, bound)
+
+    def clear(self) -> int:
+        """Deletes every entry of this task; returns how many were deleted."""
+        store = _config.open_store(_config.current(self._options))
+        return sum(
+            1 for text in store.entries(self.name) if store.delete(json.loads(text)["key"])
+        )
+
+    # -- calling -------------------------------------------------------------------------
+
+    def __call__(self, items: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
+        """The results of every item, in input order (a list, for any iterable of items)."""
+        items = list(items)
+        opts = _config.current(self._options)
+        mode = opts.get("mode", "cached")
+        if mode == "off":
+            out: list[Any] = []
+            for start in range(0, len(items), self.batch_size):
+                positions = list(range(start, min(start + self.batch_size, len(items))))
+                out.extend(self._run_batch(items, positions, len(items), args, kwargs))
+            return out
+        shared = self._shared_args(args, kwargs)
+        keys = [
+            _core.compute_key(self.name, self.version, self._item_args(shared, item))
+            for item in items
+        ]
+        # Equal items share an entry: each distinct key is resolved once.
+        first: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        distinct = list(first.values())
+        if not distinct:
+            return []
+
+        def doc(d: int) -> str:
+            bound = self._item_args(shared, items[distinct[d]])
+            return _core.key_document(self.name, self.version, bound)
+
+        def compute(positions: list[int]) -> tuple[list[Any], str]:
+            at = [distinct[p] for p in positions]
+            values = self._run_batch(items, at, len(items), args, kwargs)
+            metadata = {"function": f"{self.fn.__module__}.{self.fn.__qualname__}"}
+            return values, json.dumps(metadata)
+
+        store = _config.open_store(opts)
+        try:
+            values = _core.call_batch(
+                store,
+                self.name,
+                self.version,
+                mode,
+                [keys[i] for i in distinct],
+                doc,
+                compute,
+                self.batch_size,
+                mmap=opts.get("mmap", True),
+                wait_timeout=opts.get("wait_timeout"),
+            )
+        except _task.Terminated:
+            if getattr(_task._computing, "depth", 0) == 0:
+                _task._die_of_sigterm()
+            raise
+        by_key = {keys[i]: v for i, v in zip(distinct, values)}
+        return [by_key[k] for k in keys]
+
+    def _run_batch(
+        self,
+        items: list[Any],
+        at: list[int],
+        total: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> list[Any]:
+        """Calls the function on the items at positions ``at`` and checks it returned one
+        result per item; an exception gets a note naming the batch."""
+        batch = [items[i] for i in at]
+        _task._install_sigterm()
+        _task._computing.depth = getattr(_task._computing, "depth", 0) + 1
+        try:
+            out = self.fn(batch, *args, **kwargs)
+            values = list(out)
+            if len(values) != len(batch):
+                raise ValueError(
+                    f"batch task {self.name}: {self.fn.__qualname__} returned {len(values)} "
+                    f"results for a batch of {len(batch)} items; it must return exactly one "
+                    "result per item, in order. Nothing was stored for this batch"
+                )
+        except BaseException as e:
+            e.add_note(
+                f"runcache: raised by {self.name} on {_describe(at, total)}; nothing was "
+                "stored for its items (results of earlier batches are kept)"
+            )
+            raise
+        finally:
+            _task._computing.depth -= 1
+        return values
+
+
+def _describe(at: list[int], total: int) -> str:
+    """'the batch of 3 items at positions 0, 1, 2 of 10': names a batch in messages."""
+    shown = ", ".join(str(i) for i in at[:8]) + (", ..." if len(at) > 8 else "")
+    return f"the batch of {len(at)} item(s) at position(s) {shown} of {total}"
+
+
+def batch_task(
+    fn: Callable[..., Iterable[Any]] | None = None,
+    *,
+    item_key: Callable[[Any], Any] | None = None,
+    batch_size: int = 64,
+    name: str | None = None,
+    version: str | int = "0",
+    ignore: Iterable[str] = (),
+    **options: Any,
+) -> Any:
+    """Makes ``fn(items, *args, **kwargs)`` a batch task: results are cached per item and only
+    the items without an entry are computed, ``batch_size`` at a time (one call of ``fn`` per
+    batch, which must return one result per item, in order).
+
+    ``item_key``: what of an item enters its key (default: the item itself), e.g.
+    ``lambda doc: doc.id``; the other arguments enter every item's key. ``name``, ``version``,
+    ``ignore`` and the keyword options (store, mode, mmap, wait_timeout) are as for
+    :func:`runcache.task`. Among concurrent callers each item is computed once.
+    """
+    _config._check(options)
+
+    def wrap(f: Callable[..., Iterable[Any]]) -> Callable[..., list[Any]]:
+        t = BatchTask(
+            f,
+            item_key=item_key,
+            batch_size=batch_size,
+            name=name,
+            version=str(version),
+            ignore=ignore,
+            options=options,
+        )
+
+        @functools.wraps(f)
+        def call(items: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
+            return t(items, *args, **kwargs)
+
+        call.task = t  # type: ignore[attr-defined]
+        for attr in ("entry", "options", "explain", "clear", "key", "name", "version"):
+            setattr(call, attr, getattr(t, attr))
+        return call
+
+    return wrap(fn) if fn is not None else wrap
