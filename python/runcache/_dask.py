@@ -153,9 +153,10 @@ class Dask(Executor):
         client.publish_dataset([f for f in futures if f.key not in self._ended],
                                name=_dataset_name(sweep.id))
         self._published.add(sweep.id)
-        sweep.save_executor_info(
-            {"kind": "Dask", "scheduler": client.scheduler.address, "tasks": [f.key for f in futures]}
-        )
+        sweep.save_executor_info({
+            "kind": "Dask", "scheduler": client.scheduler.address,
+            "tasks": [f.key for f in futures],
+        })
 
     def _restore(self, sweep: SweepView) -> list[Any]:
         """The sweep's futures as published by the session that launched them (none if gone)."""

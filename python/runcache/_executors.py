@@ -174,7 +174,8 @@ def check(executor: Any) -> None:
     if not isinstance(executor, Executor):
         raise TypeError(
             f"executor={executor!r} is not an executor: use runcache.Local(), runcache.Inline(), "
-            "runcache.Manual(), runcache.Slurm(...) or a subclass of runcache.Executor"
+            "runcache.Manual(), runcache.Slurm(...), runcache.Dask(client), runcache.Ray() or a "
+            "subclass of runcache.Executor"
         )
 
 

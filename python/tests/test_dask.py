@@ -235,3 +235,47 @@ def test_another_session_reattaches_by_sweep_id_sees_the_workers_and_cancels_the
     assert not [p for p in runners if _alive(p)]
     assert _runcache_tasks(client) == []
     assert computed(trace) == []
+
+
+SUBMIT_AND_EXIT = """
+import sys, distributed, runcache as rc
+from cluster_tasks import step
+client = distributed.Client({address!r})
+rc.configure(store={store!r})
+jobs = step.map([dict(x=i, trace={trace!r}, hold=(0, 1, 2, 3)) for i in range(4)],
+                executor=rc.Dask(client), wait=False)
+print(jobs[0].sweep.id, flush=True)
+sys.stdin.readline()  # until the test has seen the workers start
+client.close()
+"""
+
+
+def test_the_workers_outlive_the_session_that_submitted_them(client, store, trace):
+    code = SUBMIT_AND_EXIT.format(address=client.scheduler.address, store=str(store),
+                                  trace=trace)
+    session = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, cwd=HERE)
+    sweep_id = session.stdout.readline().strip()
+    _wait_for(lambda: len(_starters(trace)) >= 2)
+    runners = {p for pids in _starters(trace).values() for p in pids}
+    session.communicate("\n", timeout=120)
+    assert session.returncode == 0
+    assert all(_alive(p) for p in runners), "the Dask tasks keep running"
+    open(os.path.join(trace, "release"), "w").close()
+    handle = rc.sweep(sweep_id, executor=rc.Dask(client))
+    assert handle.results(timeout=300, progress=False) == [0, 10, 20, 30]
+    assert counts_per_item(trace) == {0: 1, 1: 1, 2: 1, 3: 1}
+    assert {pid for _, pid in computed(trace)} <= runners, "computed by the first workers"
+    _wait_for(lambda: handle.executor.poll(handle).alive == 0)
+    assert sweep_id and f"runcache-{sweep_id}" not in client.list_datasets(), "unpublished"
+
+
+def test_a_clear_error_names_the_package_to_install_when_distributed_is_missing():
+    code = (
+        "import sys; sys.modules['distributed'] = None\n"
+        "import runcache as rc\n"
+        "try:\n    rc.Dask()\nexcept ImportError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert "pip install distributed" in out.stdout, out.stderr

@@ -199,3 +199,14 @@ def test_submit_returns_a_job_with_its_status_and_logs(ray, store, trace):
     job = square.submit(7, trace, executor=rc.Ray())
     assert job.result(timeout=120) == 49
     assert job.status() == "completed" and "squaring 7" in job.logs()
+
+
+def test_a_clear_error_names_the_package_to_install_when_ray_is_missing():
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "import runcache as rc\n"
+        "try:\n    rc.Ray()\nexcept ImportError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert "pip install ray" in out.stdout, out.stderr
