@@ -8,7 +8,7 @@ Sections: (a) hit latency with small arguments, (b) a hit whose argument is a la
 (c) storing a large array result, (d) loading it, (e) sweeps: a fully cached `map` over
 rc.Local workers and the throughput of trivial items, against joblib.Parallel, (f) clusters:
 trivial items through rc.Dask against client.map of the same function, and a fully cached
-sweep through rc.Local, rc.Dask and rc.Ray (nothing submitted). Every figure is
+sweep through every executor (nothing submitted). Every figure is
 a median; the machine is shared and noisy, so the ratios (measured in the same run) are what
 count. The last table checks DESIGN.md §8's targets. exca is benchmarked only if it is
 installed. Everything is written to a temporary directory that is removed at the end.
@@ -591,8 +591,11 @@ def bench_clusters(tmp: str, tp_n: int, cached_n: int, reps: int) -> None:
         t, _ = timed(lambda: sweep_item.options(store=loc).map(
             cached, executor=rc.Dask(client), progress=False))
         row("f", f"  first call: runcache computes {cached_n:,} items (Dask)", t, "(info)")
-        executors: dict[str, Callable[[], rc.Executor]] = {
-            "Local": lambda: rc.Local(workers=2), "Dask": lambda: rc.Dask(client)}
+        devnull = open(os.devnull, "w")
+        executors: dict[str, Callable[[], Any]] = {
+            "Inline": rc.Inline, "Local": lambda: rc.Local(workers=2),
+            "Manual": lambda: rc.Manual(file=devnull), "Slurm": rc.Slurm,
+            "Dask": lambda: rc.Dask(client)}
         if ray is not None:
             executors["Ray"] = rc.Ray
         for name, make in executors.items():
@@ -601,8 +604,8 @@ def bench_clusters(tmp: str, tp_n: int, cached_n: int, reps: int) -> None:
                 ex = make()
                 t, out = timed(lambda: sweep_item.options(store=loc).map(
                     cached, executor=ex, progress=False))
-                if getattr(ex, "_procs", None) or getattr(ex, "_futures", None) or getattr(
-                        ex, "_refs", None):
+                if any(getattr(ex, a, None) for a in ("_procs", "_futures", "_refs",
+                                                          "commands", "_tracking")):
                     raise AssertionError(f"a fully cached sweep started workers on {name}")
                 runs.append(t)
             row("f", f"runcache {cached_n:,}-item cached sweep ({name})", statistics.median(runs),
@@ -670,7 +673,7 @@ def targets(ran: set[str]) -> None:
         checks.append(
             ("clusters", f"{m:,}-item sweep on Dask: >= 0.5x client.map speed",
              paired.get("dask throughput vs client.map"), lambda v: v >= 0.5, x2, ""))
-        for name in ("Local", "Dask", "Ray"):
+        for name in ("Inline", "Local", "Manual", "Slurm", "Dask", "Ray"):
             checks.append(
                 ("clusters", f"{n:,}-item cached sweep, {name}: < 0.5 s",
                  r.get(f"runcache {n:,}-item cached sweep ({name})"), lambda v: v < 0.5, fmt,

@@ -143,6 +143,7 @@ class Ray(Executor):
         self.log_dir = log_dir
         self._refs: dict[str, list[tuple[str, Any]]] = {}
         self._ended: dict[tuple[str, str], dict[str, Any]] = {}  # (sweep, task): exit status
+        self._dropped: set[str] = set()  # sweeps whose control actor this session removed
 
     def __repr__(self) -> str:
         shown = [f"address={self.address!r}"] if self.address else []
@@ -190,6 +191,7 @@ class Ray(Executor):
         opts = self.requests(sweep)
         self._check_fits(opts)
         control = _control(sweep.id, create=True)
+        self._dropped.discard(sweep.id)
         ray.get(control.clear.remote())  # a stop left from an earlier cancel
         refs = self._refs.setdefault(sweep.id, [])
         n = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // max(
@@ -223,7 +225,8 @@ class Ray(Executor):
         ended = [(n, self._ended[(sweep.id, n)]) for n, _ in refs if (sweep.id, n) in self._ended]
         alive = len(refs) - len(ended)
         state = self._state(ended, alive)
-        if alive == 0:
+        if alive == 0 and sweep.id not in self._dropped:
+            self._dropped.add(sweep.id)
             self._drop_control(sweep)
         return state
 
