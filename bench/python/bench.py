@@ -2,7 +2,7 @@
 
     python bench/python/bench.py                # 1 GiB arrays, 20 000 hit calls, 10 000-item sweep
     python bench/python/bench.py --quick        # 64 MiB arrays, 5 000 hit calls, smaller sweeps
-    python bench/python/bench.py --only sweeps  # one section (hits, arrays, sweeps; repeatable)
+    python bench/python/bench.py --only sweeps  # one section (hits, arrays, sweeps, clusters; repeatable)
 
 Sections: (a) hit latency with small arguments, (b) a hit whose argument is a large array,
 (c) storing a large array result, (d) loading it, (e) sweeps: a fully cached `map` over
