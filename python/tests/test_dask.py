@@ -279,3 +279,28 @@ def test_a_clear_error_names_the_package_to_install_when_distributed_is_missing(
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert "pip install distributed" in out.stdout, out.stderr
+
+
+def test_workers_that_cannot_import_the_task_end_in_a_stall_report(client, store, tmp_path):
+    # A task module the submitter has, gone before any worker starts.
+    code_dir = tmp_path / "code"
+    code_dir.mkdir()
+    (code_dir / "vanishing_tasks.py").write_text(
+        "import runcache as rc\n\n@rc.task(version='1')\ndef double(x):\n    return 2 * x\n")
+    sys.path.insert(0, str(code_dir))
+    try:
+        import vanishing_tasks
+
+        jobs = vanishing_tasks.double.map([1, 2, 3], executor=rc.Manual(file=open(os.devnull, "w")),
+                                          wait=False)
+    finally:
+        sys.path.remove(str(code_dir))
+        sys.modules.pop("vanishing_tasks", None)
+    (code_dir / "vanishing_tasks.py").unlink()
+    handle = rc.sweep(jobs[0].sweep.id, executor=rc.Dask(client))
+    with pytest.raises(rc.SweepStalled) as info:
+        handle.wait(timeout=300, progress=False)
+    text = str(info.value)
+    assert "no worker is left but 3 item(s) are unfinished" in text
+    assert "exited with exit code 2" in text and "cannot import the task" in text, text
+    assert len(handle.executor._futures[handle.id]) == 2, "setup failures are not relaunched"
