@@ -45,7 +45,17 @@ impl Pickled {
         let kwargs = pyo3::types::PyDict::new(py);
         kwargs.set_item("protocol", 5)?;
         kwargs.set_item("buffer_callback", collected.getattr("append")?)?;
-        let stream = pickle.call_method("dumps", (value,), Some(&kwargs))?;
+        let stream = match crate::arrow_results::dispatch_table(py)? {
+            None => pickle.call_method("dumps", (value,), Some(&kwargs))?,
+            Some(table) => {
+                // polars is loaded: its frames are pickled as Arrow buffers (out of band).
+                let file = py.import("io")?.getattr("BytesIO")?.call0()?;
+                let pickler = pickle.getattr("Pickler")?.call((&file,), Some(&kwargs))?;
+                pickler.setattr("dispatch_table", table)?;
+                pickler.call_method1("dump", (value,))?;
+                file.call_method0("getvalue")?
+            }
+        };
         let stream = stream.cast::<PyBytes>()?.as_bytes().to_vec();
         let mut buffers = Vec::with_capacity(collected.len());
         for pb in collected.iter() {

@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 
+mod arrow_results;
 mod batch;
 mod blob;
 mod cli;

@@ -130,7 +130,8 @@ impl EncErr {
             ErrKind::Unhashable { type_name, why } => PyTypeError::new_err(format!(
                 "cannot hash {path} (type {type_name}) into a cache key: {why}. \
                  runcache keys None, bool, int, float, complex, str, bytes, tuple, list, dict, \
-                 set, numpy arrays and scalars, pandas DataFrame/Series/Index, dataclasses, \
+                 set, numpy arrays and scalars, pandas DataFrame/Series/Index, pyarrow arrays and \
+                 tables, polars frames, xarray data, dataclasses, \
                  pydantic models, enums, pathlib paths, datetime values and runcache files. \
                  Fix: ignore it (ignore=['{arg}']) if it does not change the result, or give \
                  the type a `__runcache_key__(self)` method returning a hashable value that \
@@ -550,6 +551,9 @@ impl<'py> Encoder<'py> {
             if is_instance(obj, &np.generic) {
                 return self.numpy_scalar(obj);
             }
+        }
+        if let Some(r) = super::arrow::encode(self, obj) {
+            return r;
         }
         if let Some(pd) = pandas(py) {
             if let Some(r) = self.pandas(obj, pd) {

@@ -6,6 +6,7 @@
 //! `compute_key`, `key_document`, `value_digest`, `encode_value`, `file_digest`, `File`,
 //! `file_digest_cache_info`.
 
+mod arrow;
 mod buffer;
 mod document;
 mod encode;
