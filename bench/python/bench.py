@@ -8,7 +8,9 @@ Sections: (a) hit latency with small arguments, (b) a hit whose argument is a la
 (c) storing a large array result, (d) loading it, (e) sweeps: a fully cached `map` over
 rc.Local workers and the throughput of trivial items, against joblib.Parallel, (f) clusters:
 trivial items through rc.Dask against client.map of the same function, and a fully cached
-sweep through every executor (nothing submitted). Every figure is
+sweep through every executor (nothing submitted), (g) batch tasks: an all-cached 10 000-item
+batch call on the local store (and S3 / PostgreSQL when their test services run), hashing a
+large pyarrow array against numpy. Every figure is
 a median; the machine is shared and noisy, so the ratios (measured in the same run) are what
 count. The last table checks DESIGN.md §8's targets. exca is benchmarked only if it is
 installed. Everything is written to a temporary directory that is removed at the end.
@@ -619,6 +621,67 @@ def bench_clusters(tmp: str, tp_n: int, cached_n: int, reps: int) -> None:
           f"{paired['dask throughput vs client.map']:.2f}x")
 
 
+def remote_stores() -> dict[str, str]:
+    """Fresh S3 / PostgreSQL stores from the test services (scripts/services), when running."""
+    import uuid
+
+    out = {}
+    tag = uuid.uuid4().hex[:8]
+    s3 = os.environ.get("RUNCACHE_TEST_S3")
+    if s3 and "/runcache-tests?" in s3:
+        out["S3"] = s3.replace("/runcache-tests?", f"/bench-{tag}?")
+    pg = os.environ.get("RUNCACHE_TEST_POSTGRES")
+    if pg:
+        out["PostgreSQL"] = pg + ("&" if "?" in pg else "?") + f"schema=bench_{tag}"
+    return out
+
+
+def bench_batch(tmp: str, n: int, size: int, reps: int) -> None:
+    """(g) batch tasks: an all-cached call of n items, per store; hashing columnar arguments."""
+    print(f"\n(g) batch tasks: a {n:,}-item call whose items are all cached (batch_size 64), "
+          f"end to end; median of {reps}")
+    stores = {"local": os.path.join(tmp, "batch-store"), **remote_stores()}
+    if len(stores) == 1:
+        print("  S3 / PostgreSQL: skipped (start them: eval \"$(scripts/services/s3 start)\"; "
+              "eval \"$(scripts/services/postgres start)\")")
+    items = [f"segment {i}" for i in range(n)]
+    for label, loc in stores.items():
+        @rc.batch_task(name=f"bench.embed.{label}", batch_size=64, store=loc)
+        def embed(texts, model="m"):
+            return [np.full(16, len(t), dtype=np.float32) for t in texts]
+
+        t_cold, _ = timed(embed, items)
+        # The moto S3 server of the test services answers one request at a time: one rep.
+        runs = [timed(embed, items)[0] for _ in range(1 if label == "S3" else reps)]
+        row("g", f"runcache {n:,}-item cached batch call ({label})", statistics.median(runs),
+            f"first call (computes all, {-(-n // 64)} batches): {fmt(t_cold)}")
+        if label != "local":
+            embed.task.clear()
+
+    print(f"\n  hashing a {fmt_size(size)} argument (_core.compute_key; median of {reps})")
+    data = np.frombuffer(np.random.default_rng(0).bytes(size), dtype=np.float32)
+
+    def hash_time(value: Any) -> float:
+        return statistics.median(timed(_core.compute_key, "b", "1", {"x": value})[0]
+                                 for _ in range(reps))
+
+    t_np = hash_time(data)
+    row("g", "hash a numpy array", t_np, f"{size / t_np / 1e9:.1f} GB/s")
+    try:
+        import pyarrow as pa
+    except ImportError:
+        print("  pyarrow: not installed (skipped)")
+    else:
+        t_pa = hash_time(pa.array(data))  # shares the numpy buffer: nothing is copied
+        row("g", "hash a pyarrow array", t_pa, f"{size / t_pa / 1e9:.1f} GB/s")
+        paired["arrow hash vs numpy"] = t_np / t_pa
+    try:
+        import torch  # noqa: F401
+        print("  torch tensors are not keyed yet (docs/batch.md)")
+    except ImportError:
+        print("  torch: not installed (skipped; see docs/batch.md for why the setup leaves it out)")
+
+
 def targets(ran: set[str]) -> None:
     r = results
 
@@ -668,6 +731,20 @@ def targets(ran: set[str]) -> None:
              paired.get("sweep throughput vs joblib (warm)"), None, x2,
              "warm pool: joblib's workers already run"),
         ]
+    if "batch" in ran:
+        n = sweep_sizes["batch"]
+        checks.append(
+            ("batch", f"{n:,}-item all-cached batch call, local: < 0.2 s",
+             r.get(f"runcache {n:,}-item cached batch call (local)"), lambda v: v < 0.2, fmt,
+             "" if n == 10_000 else f"n/a: measured {n:,} items"))
+        for label in ("S3", "PostgreSQL"):
+            checks.append(
+                ("batch", f"{n:,}-item all-cached batch call, {label}",
+                 r.get(f"runcache {n:,}-item cached batch call ({label})"), None, fmt,
+                 "no target"))
+        checks.append(
+            ("batch", "hashing a pyarrow array: numpy's speed (>= 0.9x)",
+             paired.get("arrow hash vs numpy"), lambda v: v >= 0.9, x2, ""))
     if "clusters" in ran and sweep_sizes.get("cluster_cached"):
         n, m = sweep_sizes["cluster_cached"], sweep_sizes["cluster_throughput"]
         checks.append(
@@ -721,7 +798,7 @@ def summary() -> None:
         print(f"  {ours:<48} vs {peer:<46} {vs(ours, peer):>10}")
 
 
-SECTIONS = ("hits", "arrays", "sweeps", "clusters")
+SECTIONS = ("hits", "arrays", "sweeps", "clusters", "batch")
 
 
 def main() -> None:
@@ -730,7 +807,7 @@ def main() -> None:
                    help="64 MiB arrays, 5 000 hit calls, 2 000 cached / 500 computed sweep items")
     p.add_argument("--only", action="append", choices=SECTIONS, default=None,
                    help="run only this section (repeatable): hits = (a), arrays = (b) (c) (d), "
-                        "sweeps = (e), clusters = (f) (Dask and Ray)")
+                        "sweeps = (e), clusters = (f) (Dask and Ray), batch = (g)")
     p.add_argument("--calls", type=int, default=None, help="hit calls per peer (default 20 000)")
     p.add_argument("--size-mib", type=int, default=None, help="array size in MiB (default 1024)")
     p.add_argument("--sweep-items", type=int, default=None,
@@ -766,6 +843,9 @@ def main() -> None:
             bench_sweeps(tmp, cached_n, tp_n, 5)
         if "clusters" in ran:
             bench_clusters(tmp, 1000, cached_n, reps)
+        if "batch" in ran:
+            sweep_sizes["batch"] = cached_n
+            bench_batch(tmp, cached_n, size, reps)
         summary()
         targets(ran)
         if a.json:

@@ -291,3 +291,46 @@ def test_results_load_memory_mapped(store):
     assert [a[0] for a in again] == [1.0, 2.0]
     assert not again[0].flags.writeable, "a loaded array is a read-only view of the store"
     assert first[0].flags.writeable
+
+
+SLOW = r"""
+import os, sys, time
+import runcache as rc
+
+store, marker = sys.argv[1], sys.argv[2]
+rc.configure(store=store)
+
+@rc.batch_task(name="t.slow", batch_size=2)
+def slow(xs):
+    if 2 in xs:
+        open(marker, "w").close()
+        time.sleep(60)
+    return [x * 10 for x in xs]
+
+slow([0, 1, 2, 3])
+"""
+
+
+def test_sigterm_in_a_batch_stores_nothing_of_it_and_exits_by_the_signal(tmp_path):
+    store, marker = tmp_path / "store", tmp_path / "started"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW, str(store), str(marker)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the second batch never started"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM, err
+
+    calls = []
+
+    @rc.batch_task(name="t.slow", batch_size=2, store=str(store))
+    def slow(xs):
+        calls.append(list(xs))
+        return [x * 10 for x in xs]
+
+    assert [slow.entry(x).exists() for x in range(4)] == [True, True, False, False]
+    assert slow([0, 1, 2, 3]) == [0, 10, 20, 30]
+    assert calls == [[2, 3]], "only the interrupted batch is computed again"
