@@ -8,7 +8,9 @@ import functools
 import json
 from typing import Any, Callable, Iterable
 
-from runcache import _config, _core, _task
+import types
+
+from runcache import _config, _core, _progress, _task
 from runcache._entry import Entry, Explanation, explain_call
 
 
@@ -27,6 +29,7 @@ class BatchTask:
         name: str | None = None,
         version: str = "0",
         ignore: Iterable[str] = (),
+        progress: bool | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -37,6 +40,7 @@ class BatchTask:
         self.version = str(version)
         self.batch_size = batch_size
         self.item_key = item_key
+        self.progress = progress
         self._options = dict(options or {})
         self._sig = _task._Signature(fn, ignore, ())
         if not self._sig.names:
@@ -62,6 +66,8 @@ class BatchTask:
             if not isinstance(size, int) or isinstance(size, bool) or size < 1:
                 raise ValueError(f"batch_size={size!r}: give a positive integer, e.g. 64")
             view.batch_size = size
+        if "progress" in options:
+            view.progress = options.pop("progress")
         _config._check(options)
         view._options = {**self._options, **options}
         return view
@@ -129,9 +135,17 @@ class BatchTask:
             bound = self._item_args(shared, items[distinct[d]])
             return _core.key_document(self.name, self.version, bound)
 
+        bar = _ItemProgress(self.name, len(distinct), self.progress)
+
         def compute(positions: list[int]) -> tuple[list[Any], str]:
             at = [distinct[p] for p in positions]
-            values = self._run_batch(items, at, len(items), args, kwargs)
+            bar.start()
+            try:
+                values = self._run_batch(items, at, len(items), args, kwargs)
+            except BaseException:
+                bar.failed(len(at))
+                raise
+            bar.computed(len(at))
             metadata = {"function": f"{self.fn.__module__}.{self.fn.__qualname__}"}
             return values, json.dumps(metadata)
 
@@ -153,6 +167,8 @@ class BatchTask:
             if getattr(_task._computing, "depth", 0) == 0:
                 _task._die_of_sigterm()
             raise
+        finally:
+            bar.close()
         by_key = {keys[i]: v for i, v in zip(distinct, values)}
         return [by_key[k] for k in keys]
 
@@ -189,6 +205,49 @@ class BatchTask:
         return values
 
 
+class _ItemProgress:
+    """The progress of one batch call, in items: shown once a first batch is computed (a call
+    whose items are all stored shows nothing), with the summary line at the end."""
+
+    def __init__(self, name: str, total: int, enabled: bool | None) -> None:
+        self.name, self.total, self.enabled = name, total, enabled
+        self.bar: _progress.Progress | None = None
+        self.status = types.SimpleNamespace(
+            done=0, completed=0, cached=0, running=0, failed=0, queued=total, cancelled=0
+        )
+
+    def start(self) -> None:
+        if self.bar is None and self.enabled is not False:
+            self.bar = _progress.Progress(self.name, self.total, self.enabled)
+
+    def computed(self, n: int) -> None:
+        self.status.completed += n
+        self._show()
+
+    def failed(self, n: int) -> None:
+        self.status.failed += n
+        self._show()
+
+    def _show(self) -> None:
+        st = self.status
+        # Items neither computed nor failed yet are loaded from the store or still queued; the
+        # engine tells which only at the end.
+        st.done = st.completed + st.failed
+        st.queued = self.total - st.done
+        if self.bar is not None:
+            self.bar.update(st)
+
+    def close(self) -> None:
+        if self.bar is None:
+            return
+        st = self.status
+        if not st.failed:
+            st.cached, st.queued = self.total - st.completed, 0
+            st.done = self.total
+        self.bar.update(st)
+        self.bar.close()
+
+
 def _describe(at: list[int], total: int) -> str:
     """'the batch of 3 items at positions 0, 1, 2 of 10': names a batch in messages."""
     shown = ", ".join(str(i) for i in at[:8]) + (", ..." if len(at) > 8 else "")
@@ -203,6 +262,7 @@ def batch_task(
     name: str | None = None,
     version: str | int = "0",
     ignore: Iterable[str] = (),
+    progress: bool | None = None,
     **options: Any,
 ) -> Any:
     """Makes ``fn(items, *args, **kwargs)`` a batch task: results are cached per item and only
@@ -212,7 +272,8 @@ def batch_task(
     ``item_key``: what of an item enters its key (default: the item itself), e.g.
     ``lambda doc: doc.id``; the other arguments enter every item's key. ``name``, ``version``,
     ``ignore`` and the keyword options (store, mode, mmap, wait_timeout) are as for
-    :func:`runcache.task`. Among concurrent callers each item is computed once.
+    :func:`runcache.task`; ``progress``: a bar counting items once a batch is computed (default:
+    in terminals and notebooks). Among concurrent callers each item is computed once.
     """
     _config._check(options)
 
@@ -224,6 +285,7 @@ def batch_task(
             name=name,
             version=str(version),
             ignore=ignore,
+            progress=progress,
             options=options,
         )
 

@@ -334,3 +334,15 @@ def test_sigterm_in_a_batch_stores_nothing_of_it_and_exits_by_the_signal(tmp_pat
     assert [slow.entry(x).exists() for x in range(4)] == [True, True, False, False]
     assert slow([0, 1, 2, 3]) == [0, 10, 20, 30]
     assert calls == [[2, 3]], "only the interrupted batch is computed again"
+
+
+def test_progress_counts_items(store, capsys):
+    calls = []
+    double = recording(calls, batch_size=2, progress=True)
+    double([1, 2])
+    double([1, 2, 3, 4, 5])
+    err = capsys.readouterr().err
+    assert "computed 2, loaded 0 from cache" in err, err
+    assert "computed 3, loaded 2 from cache" in err, err
+    double([1, 2, 3])
+    assert "computed" not in capsys.readouterr().err, "an all-cached call shows nothing"
