@@ -1,7 +1,7 @@
 //! Batched tasks: one entry per item, computed in batches ([`Task::get_or_compute_batch`]).
 //!
-//! A call looks every item's key up in one pass (`Store::lookup_many`: one round trip on
-//! PostgreSQL and S3), claims the missing items a batch at a time with their leases, computes
+//! A call looks every item's key up in one pass (`Store::lookup_many`, defined here: one round
+//! trip on PostgreSQL and S3), claims the missing items a batch at a time with their leases, computes
 //! each batch with one call of the user's function, and commits every item of the batch as its
 //! own entry as soon as the batch returns. Items another process holds are waited for and
 //! loaded, never recomputed. A batch that fails records nothing for its items.
@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::context::{self, Context};
 use super::mode::Mode;
+use super::store::{Lookup, Store};
 use super::task::{release, run_uncached, Check, Failure, Postcard, Task, ValueCodec};
 use crate::error::{Error, Result};
 use crate::key::{key_document, Key};
@@ -32,6 +33,35 @@ const WAIT_STEP: Duration = Duration::from_millis(50);
 struct Todo {
     at: usize,
     replace: bool,
+}
+
+impl Store {
+    /// [`Store::lookup`] of many keys, in their order: a manifest this handle already parsed
+    /// is reused by its fingerprint, the others are read with one
+    /// [`Backend::get_manifests`](crate::store::Backend::get_manifests) (one query on PostgreSQL, concurrent GETs on S3).
+    pub(crate) fn lookup_many(&self, keys: &[Key]) -> Result<Vec<Lookup>> {
+        let backend = self.backend();
+        let mut out = Vec::with_capacity(keys.len());
+        let mut unread = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match backend.manifest_fingerprint(key)? {
+                // A fingerprinted backend (local files) reads one file per key anyway.
+                Some(_) => out.push(self.lookup(key)?),
+                None => {
+                    out.push(Lookup::Missing);
+                    unread.push(i);
+                }
+            }
+        }
+        let wanted: Vec<Key> = unread.iter().map(|&i| keys[i]).collect();
+        for (&i, bytes) in unread.iter().zip(backend.get_manifests(&wanted)?) {
+            if let Some(bytes) = bytes {
+                self.check_signature(&keys[i], &bytes)?;
+                out[i] = self.parse_manifest(&keys[i], &bytes);
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl Task {

@@ -212,34 +212,7 @@ impl Store {
         Ok(found)
     }
 
-    /// [`Store::lookup`] of many keys, in their order: a manifest this handle already parsed
-    /// is reused by its fingerprint, the others are read with one
-    /// [`Backend::get_manifests`] (one query on PostgreSQL, concurrent GETs on S3).
-    pub(crate) fn lookup_many(&self, keys: &[Key]) -> Result<Vec<Lookup>> {
-        let backend = &self.inner.backend;
-        let mut out = Vec::with_capacity(keys.len());
-        let mut unread = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
-            match backend.manifest_fingerprint(key)? {
-                // A fingerprinted backend (local files) reads one file per key anyway.
-                Some(_) => out.push(self.lookup(key)?),
-                None => {
-                    out.push(Lookup::Missing);
-                    unread.push(i);
-                }
-            }
-        }
-        let wanted: Vec<Key> = unread.iter().map(|&i| keys[i]).collect();
-        for (&i, bytes) in unread.iter().zip(backend.get_manifests(&wanted)?) {
-            if let Some(bytes) = bytes {
-                self.check_signature(&keys[i], &bytes)?;
-                out[i] = self.parse_manifest(&keys[i], &bytes);
-            }
-        }
-        Ok(out)
-    }
-
-    fn parse_manifest(&self, key: &Key, bytes: &[u8]) -> Lookup {
+    pub(super) fn parse_manifest(&self, key: &Key, bytes: &[u8]) -> Lookup {
         // The manifest's location is only needed to name it in an error: not on the hit path.
         match Manifest::parse(bytes, "") {
             Ok(m) if m.key == *key => Lookup::Found(Arc::new(m)),
@@ -774,7 +747,7 @@ fn read_and_hash(
 impl Store {
     /// With a signing key, refuses manifest bytes whose signature is missing or wrong: a hard
     /// error, checked before anything in the entry is parsed or decoded.
-    fn check_signature(&self, key: &Key, bytes: &[u8]) -> Result<()> {
+    pub(super) fn check_signature(&self, key: &Key, bytes: &[u8]) -> Result<()> {
         let Some(signing_key) = &self.inner.options.signing_key else {
             return Ok(());
         };
