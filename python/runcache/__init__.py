@@ -22,6 +22,7 @@ from runcache._executors import Executor, Inline, Local, Manual
 from runcache._memory import CollisionWarning, Memory
 from runcache._ray import Ray
 from runcache._run import RunResult, run
+from runcache._ui import UI, ui
 from runcache._scope import artifact_path, set_metadata
 from runcache._slurm import Slurm
 from runcache._sweep import (
@@ -65,6 +66,7 @@ __all__ = [
     "SweepStatus",
     "Task",
     "Terminated",
+    "UI",
     "__version__",
     "artifact_path",
     "batch_task",
@@ -75,4 +77,5 @@ __all__ = [
     "set_metadata",
     "sweep",
     "task",
+    "ui",
 ]

@@ -11,9 +11,9 @@ def test_extension_loads_and_reports_versions():
 #: The package's modules from the lowest layer to the highest. A module may import only modules
 #: before it (docs/architecture.md, "Layers"); function-level imports count too.
 LAYERS = [
-    "_core", "_config", "_run", "_scope", "_progress", "_entry", "_results", "_executors", "_slurm",
-    "_remote", "_dask", "_ray", "_sweep", "_task", "_batch", "_memory", "_worker", "__main__",
-    "__init__",
+    "_core", "_config", "_run", "_ui", "_scope", "_progress", "_entry", "_results", "_executors",
+    "_slurm", "_remote", "_dask", "_ray", "_sweep", "_task", "_batch", "_memory", "_worker",
+    "__main__", "__init__",
 ]
 
 

@@ -27,11 +27,30 @@ pub fn run(cli: &Cli) -> Result<i32> {
     match &cli.command {
         Command::Run(args) => return crate::run::run(&cli.store, args),
         Command::Explain(args) => return crate::run::explain(&cli.store, cli.json, args),
+        Command::Ui {
+            port,
+            bind,
+            token,
+            allow_write,
+            open: open_page,
+        } => {
+            let options = runcache_ui::UiOptions {
+                bind: *bind,
+                port: *port,
+                token: token.clone(),
+                allow_write: *allow_write,
+            };
+            return ui(&cli.store, options, *open_page);
+        }
         _ => {}
     }
     let store = open(&cli.store)?;
     match &cli.command {
-        Command::Init { .. } | Command::Worker { .. } | Command::Run(_) | Command::Explain(_) => {
+        Command::Init { .. }
+        | Command::Worker { .. }
+        | Command::Run(_)
+        | Command::Explain(_)
+        | Command::Ui { .. } => {
             unreachable!("handled above")
         }
         Command::Ls {
@@ -68,6 +87,29 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Status { sweep } => crate::sweeps::status(cli, &store, sweep.as_deref()),
         Command::Logs { key } => crate::sweeps::logs(&store, key),
     }
+}
+
+/// `runcache ui`: serves the dashboard until interrupted.
+fn ui(location: &str, options: runcache_ui::UiOptions, open_page: bool) -> Result<i32> {
+    let store = open(location)?;
+    runcache_ui::serve(store, options, |l| {
+        // The URL line is the first line of stdout (scripts and `rc.ui()` read it).
+        println!("runcache ui: serving {} at {}", location, l.url);
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        if open_page {
+            let opened = std::process::Command::new("xdg-open")
+                .arg(&l.url)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+            if opened.is_err() {
+                eprintln!("runcache ui: could not start a browser (xdg-open); open the URL above");
+            }
+        }
+    })
+    .map_err(anyhow::Error::msg)?;
+    Ok(0)
 }
 
 /// Opens an existing store; a missing local directory is an error, not a new empty store.

@@ -142,6 +142,27 @@ pub enum Command {
     /// Why `runcache run` would replay or run a command (which input, variable or argument
     /// differs from the nearest stored entry); runs nothing.
     Explain(run::RunArgs),
+    /// Serve a web dashboard of the store and its sweeps (read-only unless --allow-write).
+    ///
+    /// Bound to 127.0.0.1 by default. Binding to another address requires a token (given with
+    /// --token or generated and printed in the URL); every request without it is refused.
+    Ui {
+        /// Port to listen on (0: any free port).
+        #[arg(long, default_value = "8321")]
+        port: u16,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        /// Token every request must carry (generated when binding beyond loopback).
+        #[arg(long, env = "RUNCACHE_UI_TOKEN")]
+        token: Option<String>,
+        /// Allow deleting entries and cancelling sweeps from the page (each asks to confirm).
+        #[arg(long)]
+        allow_write: bool,
+        /// Open the page in the default browser.
+        #[arg(long)]
+        open: bool,
+    },
     /// Compute the items of a sweep until it is drained (runs the sweep's Python worker:
     /// `--sweep ID [--max-items N] [--idle-exit SECONDS]`).
     #[command(disable_help_flag = true)]

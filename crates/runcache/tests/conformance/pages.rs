@@ -8,7 +8,12 @@ pub fn entries_are_listed_in_pages(store: Store) {
     for i in 0..25u32 {
         let _: u32 = t.get_or_compute(&i, || Ok::<_, String>(i)).unwrap();
     }
-    let all: Vec<_> = store.entries().unwrap().into_iter().map(|e| e.key).collect();
+    let all: Vec<_> = store
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
     assert_eq!(all.len(), 25);
     let mut paged = Vec::new();
     let mut after = None;

@@ -397,10 +397,15 @@ impl Backend for LocalBackend {
 
     fn list_manifests_page(&self, after: Option<&Key>, limit: usize) -> Result<Vec<Key>> {
         let after = after.map(Key::to_hex);
-        walk::list_sharded_page(&self.root.join("manifests"), ".json", after.as_deref(), limit)
-            .into_iter()
-            .map(|hex| hex.parse())
-            .collect()
+        walk::list_sharded_page(
+            &self.root.join("manifests"),
+            ".json",
+            after.as_deref(),
+            limit,
+        )
+        .into_iter()
+        .map(|hex| hex.parse())
+        .collect()
     }
 
     fn manifest_location(&self, key: &Key) -> String {
