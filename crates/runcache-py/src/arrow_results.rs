@@ -9,26 +9,32 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 
 /// The dispatch table the result pickler uses when polars is loaded (`None` when it is not:
-/// nothing to do, and polars is never imported from here).
-pub fn dispatch_table(py: Python<'_>) -> PyResult<Option<&Py<PyAny>>> {
-    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    if let Some(t) = CELL.get(py) {
-        return Ok(Some(t));
-    }
-    let modules = py.import("sys")?.getattr("modules")?;
-    let Some(pl) = modules.cast::<PyDict>()?.get_item("polars")? else {
-        return Ok(None);
+/// nothing to do, and polars is never imported from here): `copyreg`'s table as it is now (so
+/// reducers registered later still apply) plus the polars classes.
+pub fn dispatch_table(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
+    static CLASSES: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+    let classes = match CLASSES.get(py) {
+        Some(c) => c,
+        None => {
+            let modules = py.import("sys")?.getattr("modules")?;
+            let Some(pl) = modules.cast::<PyDict>()?.get_item("polars")? else {
+                return Ok(None);
+            };
+            CLASSES.get_or_try_init(py, || -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+                Ok((
+                    pl.getattr("DataFrame")?.unbind(),
+                    pl.getattr("Series")?.unbind(),
+                ))
+            })?
+        }
     };
-    let table = CELL.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-        let table = py
-            .import("copyreg")?
-            .getattr("dispatch_table")?
-            .call_method0("copy")?;
-        let reduce = wrap_pyfunction!(reduce_polars, py)?;
-        table.set_item(pl.getattr("DataFrame")?, &reduce)?;
-        table.set_item(pl.getattr("Series")?, &reduce)?;
-        Ok(table.unbind())
-    })?;
+    let table = py
+        .import("copyreg")?
+        .getattr("dispatch_table")?
+        .call_method0("copy")?;
+    let reduce = wrap_pyfunction!(reduce_polars, py)?;
+    table.set_item(classes.0.bind(py), &reduce)?;
+    table.set_item(classes.1.bind(py), &reduce)?;
     Ok(Some(table))
 }
 

@@ -51,7 +51,7 @@ impl Pickled {
                 // polars is loaded: its frames are pickled as Arrow buffers (out of band).
                 let file = py.import("io")?.getattr("BytesIO")?.call0()?;
                 let pickler = pickle.getattr("Pickler")?.call((&file,), Some(&kwargs))?;
-                pickler.setattr("dispatch_table", table)?;
+                pickler.setattr("dispatch_table", &table)?;
                 pickler.call_method1("dump", (value,))?;
                 file.call_method0("getvalue")?
             }
