@@ -15,6 +15,7 @@ pub fn run_all(open: super::Factory<'_>) {
     only_missing_items_are_computed_in_batches(open());
     a_failed_batch_stores_nothing_and_keeps_earlier_batches(open());
     a_wrong_number_of_results_is_refused(open());
+    a_panicking_batch_stores_nothing_and_releases_its_leases(open());
     equal_items_are_computed_once_and_modes_apply(open());
     racing_threads_compute_each_item_once(open());
     items_held_elsewhere_are_waited_for(open());
@@ -319,4 +320,34 @@ pub fn items_held_elsewhere_are_waited_for(store: Store) {
         })
         .unwrap_err();
     assert!(matches!(err, Error::WaitTimeout { .. }), "{err}");
+}
+
+pub fn a_panicking_batch_stores_nothing_and_releases_its_leases(store: Store) {
+    let t = store.task("conf.batch.panic");
+    let items: Vec<u32> = (0..6).collect();
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        t.get_or_compute_batch(&items, 3, |batch: &[&u32]| {
+            if *batch[0] == 3 {
+                panic!("the model crashed");
+            }
+            Ok::<_, String>(batch.iter().map(|&&i| i).collect::<Vec<u32>>())
+        })
+    }));
+    assert!(out.is_err(), "the panic reaches the caller");
+    let stored: Vec<bool> = items
+        .iter()
+        .map(|i| t.entry(i).unwrap().exists().unwrap())
+        .collect();
+    assert_eq!(stored, [true, true, true, false, false, false]);
+    for i in &items {
+        let key = t.key(i).unwrap();
+        let Acquire::Won(g) = store
+            .leases()
+            .try_acquire(&key, "conf.batch.panic")
+            .unwrap()
+        else {
+            panic!("the lease of item {i} was not released");
+        };
+        g.release().unwrap();
+    }
 }
