@@ -76,7 +76,7 @@ function table(headers, rows, attrs) {
 
 function show(...nodes) {
   const view = document.getElementById("view");
-  view.replaceChildren(...nodes);
+  view.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined));
 }
 
 function activate(name) {
@@ -172,7 +172,7 @@ async function entry(key) {
   const field = (k, v) => el("tr", {}, el("th", {}, k), el("td", {}, v));
   const parts = [
     el("h1", {}, "Entry ", el("code", { id: "entry-key" }, e.key)),
-    table(["", ""], [
+    el("table", { id: "entry-fields" }, el("tbody", {}, [
       field("namespace", el("a", { href: `#/entries?namespace=${encodeURIComponent(m.namespace)}`, id: "entry-namespace" }, m.namespace)),
       field("version", m.version),
       field("status", el("span", { class: `status-${m.status}`, id: "entry-status" }, m.status)),
@@ -183,11 +183,11 @@ async function entry(key) {
       field("encoding", m.encoding || "—"),
       field("sweep", m.sweep ? el("a", { href: `#/sweep/${encodeURIComponent(m.sweep)}` }, m.sweep) : "—"),
       field("signed", m.signature ? "yes" : "no"),
-    ]),
+    ])),
   ];
   if (m.error) {
     parts.push(el("h2", {}, "Failure"),
-      el("p", { class: "error", id: "failure" }, `${m.error.error_type}: ${m.error.message}`),
+      el("p", { class: "error", id: "failure" }, `${m.error.type || m.error.error_type}: ${m.error.message}`),
       m.error.traceback ? el("pre", { id: "traceback" }, m.error.traceback) : null);
   }
   parts.push(el("h2", {}, "Key document"), el("div", { class: "tree mono", id: "key-doc" }, tree(m.key_doc)));
