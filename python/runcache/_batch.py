@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable
 
 import types
 
-from runcache import _config, _core, _progress, _task
+from runcache import _config, _core, _executors, _progress, _sweep, _task
 from runcache._entry import Entry, Explanation, explain_call
 
 
@@ -109,9 +109,18 @@ class BatchTask:
 
     def __call__(self, items: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
         """The results of every item, in input order (a list, for any iterable of items)."""
-        items = list(items)
+        return self._call(list(items), args, kwargs)
+
+    def _call(
+        self,
+        items: list[Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        store: Any = None,
+        mode: str | None = None,
+    ) -> list[Any]:
         opts = _config.current(self._options)
-        mode = opts.get("mode", "cached")
+        mode = mode or opts.get("mode", "cached")
         if mode == "off":
             out: list[Any] = []
             for start in range(0, len(items), self.batch_size):
@@ -149,7 +158,22 @@ class BatchTask:
             metadata = {"function": f"{self.fn.__module__}.{self.fn.__qualname__}"}
             return values, json.dumps(metadata)
 
-        store = _config.open_store(opts)
+        store = store if store is not None else _config.open_store(opts)
+        return self._resolve(store, mode, opts, items, keys, distinct, doc, compute, bar)
+
+    def _resolve(
+        self,
+        store: Any,
+        mode: str,
+        opts: dict[str, Any],
+        items: list[Any],
+        keys: list[str],
+        distinct: list[int],
+        doc: Callable[[int], str],
+        compute: Callable[[list[int]], tuple[list[Any], str]],
+        bar: "_ItemProgress",
+    ) -> list[Any]:
+        """The engine's batched call on ``store``; results in the order of ``keys``."""
         try:
             values = _core.call_batch(
                 store,
@@ -171,6 +195,98 @@ class BatchTask:
             bar.close()
         by_key = {keys[i]: v for i, v in zip(distinct, values)}
         return [by_key[k] for k in keys]
+
+    # -- sweeps ----------------------------------------------------------------------------
+
+    def map(
+        self,
+        items: Iterable[Any],
+        *args: Any,
+        executor: Any = None,
+        progress: bool | None = None,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """The results of every item, in input order, with the batches computed by
+        ``executor``'s workers (default ``runcache.Local()``; ``runcache.Inline()`` computes
+        here, like a plain call). Each sweep item is one batch of ``batch_size`` items; a worker
+        computes only the items of its batch without an entry, commits each as its own entry,
+        and records the batch as done (a small entry of this task). A failed batch raises
+        :class:`runcache.SweepError` once the sweep has settled; items of other batches stay."""
+        items = list(items)
+        if executor is None:
+            executor = _executors.Local()
+        if isinstance(executor, _executors.Inline):
+            return self._call(items, args, kwargs)
+        _executors.check(executor)
+        opts = _config.current(self._options)
+        chunks = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        calls = [((chunk, *args), dict(kwargs)) for chunk in chunks]
+        handle, _ = _sweep.submit(self, calls, executor, opts)
+        if handle is not None:
+            handle.results(errors="raise", progress=progress, mmap=opts.get("mmap", True))
+        # Every item has its entry now: one batched lookup loads them all.
+        return self._call(items, args, kwargs)
+
+    @property
+    def _key_version(self) -> str:
+        return self.version
+
+    @property
+    def resources(self) -> dict[str, float]:
+        return {}
+
+    def _runner(self) -> dict[str, Any]:
+        return _task.Task._runner(self)  # type: ignore[arg-type]
+
+    def _key_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The key of one sweep item (a batch): its items' keys, in order."""
+        chunk, rest = args[0], args[1:]
+        shared = self._shared_args(rest, kwargs)
+        item_keys = [
+            _core.compute_key(self.name, self.version, self._item_args(shared, item))
+            for item in chunk
+        ]
+        return _core.compute_key(self.name, self.version, {"batch of items": item_keys})
+
+    def _claim(
+        self,
+        store: Any,
+        record: dict[str, Any],
+        key: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        log_path: str,
+        capture: Callable[[], Any],
+    ) -> str:
+        """A worker's claim of one batch of a sweep (see ``_core.Store.claim``)."""
+
+        def doc() -> str:
+            if self._key_of(args, kwargs) != key:
+                raise RuntimeError(
+                    f"batch key mismatch for {self.name}: the worker's code keys the items "
+                    "differently from the submitter's"
+                )
+            return json.dumps(
+                {"namespace": self.name, "version": self.version, "args": {"batch": len(args[0])}}
+            )
+
+        def compute() -> tuple[Any, list[tuple[str, str]], str]:
+            with capture():
+                values = self._call(list(args[0]), args[1:], kwargs, store, record["mode"])
+            return len(values), [], json.dumps({"batch of items": len(values)})
+
+        return store.claim(
+            self.name,
+            self.version,
+            record["mode"],
+            key,
+            record["id"],
+            record["created_unix_ms"],
+            doc,
+            compute,
+            log_path=log_path,
+            interrupt_types=(_task.Terminated,),
+        )
 
     def _run_batch(
         self,
@@ -294,7 +410,7 @@ def batch_task(
             return t(items, *args, **kwargs)
 
         call.task = t  # type: ignore[attr-defined]
-        for attr in ("entry", "options", "explain", "clear", "key", "name", "version"):
+        for attr in ("entry", "options", "explain", "clear", "key", "name", "version", "map"):
             setattr(call, attr, getattr(t, attr))
         return call
 

@@ -346,3 +346,43 @@ def test_progress_counts_items(store, capsys):
     assert "computed 3, loaded 2 from cache" in err, err
     double([1, 2, 3])
     assert "computed" not in capsys.readouterr().err, "an all-cached call shows nothing"
+
+
+def computed_items(trace):
+    path = trace / "computed"
+    return [int(line.split()[0]) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_map_spreads_batches_over_workers_and_computes_each_item_once(store, tmp_path):
+    from batch_tasks import cube
+
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    items = [x for x in range(200) if x != 13]
+    out = cube.map(items, str(trace), executor=rc.Local(workers=2), progress=False)
+    assert out == [x**3 for x in items]
+    assert sorted(computed_items(trace)) == items, "every item computed exactly once"
+    pids = {line.split()[1] for line in (trace / "computed").read_text().splitlines()}
+    assert str(os.getpid()) not in pids, "computed by the workers, not here"
+
+    # More items: only the new ones are computed; the known ones load.
+    (trace / "computed").unlink()
+    more = items + list(range(200, 230))
+    assert cube.map(more, str(trace), executor=rc.Local(workers=2), progress=False) == [
+        x**3 for x in more
+    ]
+    assert sorted(computed_items(trace)) == list(range(200, 230))
+
+    # Inline computes here, through the same entries.
+    assert cube.map([1, 2], str(trace), executor=rc.Inline()) == [1, 8]
+
+
+def test_map_reports_a_failed_batch_and_keeps_the_others(store, tmp_path):
+    from batch_tasks import cube
+
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    with pytest.raises(rc.SweepError, match="13 is unlucky"):
+        cube.map(range(48), str(trace), executor=rc.Local(workers=2), progress=False)
+    stored = [cube.entry(x, str(trace)).exists() for x in range(48)]
+    assert stored == [False] * 16 + [True] * 32, "the failed batch (0..15) stored nothing"
