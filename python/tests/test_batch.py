@@ -386,3 +386,21 @@ def test_map_reports_a_failed_batch_and_keeps_the_others(store, tmp_path):
         cube.map(range(48), str(trace), executor=rc.Local(workers=2), progress=False)
     stored = [cube.entry(x, str(trace)).exists() for x in range(48)]
     assert stored == [False] * 16 + [True] * 32, "the failed batch (0..15) stored nothing"
+
+
+def test_map_runs_batches_on_dask(store, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from batch_tasks import cube
+
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    items = [x for x in range(40) if x != 13]
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False)
+    client = distributed.Client(cluster)
+    try:
+        out = cube.map(items, str(trace), executor=rc.Dask(client), progress=False)
+    finally:
+        client.close()
+        cluster.close()
+    assert out == [x**3 for x in items]
+    assert sorted(computed_items(trace)) == items, "every item computed exactly once"
