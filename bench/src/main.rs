@@ -20,6 +20,7 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 mod command;
 mod remote;
+mod ui;
 
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
@@ -873,6 +874,12 @@ fn run(opts: &Opts) -> Res<()> {
     remote::bench_remote(opts.size, opts.hit_calls, &opts.dir, &mut rep)?;
     command::bench_command(&opts.dir, opts.quick, &mut rep)?;
     bench_hits(opts, &mut rep)?;
+    ui::bench_ui(
+        &opts.dir.join("hits"),
+        opts.max_entries,
+        &opts.dir,
+        &mut rep,
+    )?;
     rep.0.sort_by_key(|r| r.what.as_bytes()[0]);
 
     eprintln!("removing the scratch directory (a 10^6-entry store takes minutes)...");
