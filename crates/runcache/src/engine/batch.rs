@@ -1,9 +1,9 @@
 //! Batched tasks: one entry per item, computed in batches ([`Task::get_or_compute_batch`]).
 //!
 //! A call looks every item's key up in one pass (`Store::lookup_many`, defined here: one round
-//! trip on PostgreSQL and S3), claims the missing items a batch at a time with their leases, computes
-//! each batch with one call of the user's function, and commits every item of the batch as its
-//! own entry as soon as the batch returns. Items another process holds are waited for and
+//! trip on PostgreSQL and S3), claims the missing items a batch at a time with their leases,
+//! computes each batch with one call of the user's function, and commits every item of the
+//! batch as its own entry as soon as the batch returns. Items another process holds are waited for and
 //! loaded, never recomputed. A batch that fails records nothing for its items.
 
 use std::collections::HashMap;
@@ -36,9 +36,10 @@ struct Todo {
 }
 
 impl Store {
-    /// [`Store::lookup`] of many keys, in their order: a manifest this handle already parsed
-    /// is reused by its fingerprint, the others are read with one
-    /// [`Backend::get_manifests`](crate::store::Backend::get_manifests) (one query on PostgreSQL, concurrent GETs on S3).
+    /// [`Store::lookup`] of many keys, in their order: on a backend with fingerprints (local
+    /// files) each key is looked up as usual, reusing manifests this handle already parsed; the
+    /// others are read with one [`Backend::get_manifests`](crate::store::Backend::get_manifests)
+    /// (one query on PostgreSQL, concurrent GETs on S3).
     pub(crate) fn lookup_many(&self, keys: &[Key]) -> Result<Vec<Lookup>> {
         let backend = self.backend();
         let mut out = Vec::with_capacity(keys.len());
