@@ -3,8 +3,8 @@
 //! A call looks every item's key up in one pass (`Store::lookup_many`, defined here: one round
 //! trip on PostgreSQL and S3), claims the missing items a batch at a time with their leases,
 //! computes each batch with one call of the user's function, and commits every item of the
-//! batch as its own entry as soon as the batch returns. Items another process holds are waited for and
-//! loaded, never recomputed. A batch that fails records nothing for its items.
+//! batch as its own entry as soon as the batch returns. Items another process holds are waited
+//! for and loaded, never recomputed. A batch that fails records nothing for its items.
 
 use std::collections::HashMap;
 use std::fmt::Display;
