@@ -300,6 +300,51 @@ fn a_farther_completed_entry_beats_a_nearer_failed_one() {
     );
 }
 
+#[test]
+fn a_batch_call_finds_far_entries_and_fills_the_near_tier() {
+    let local = tempfile::tempdir().unwrap();
+    let remote = tempfile::tempdir().unwrap();
+    let shared = Store::open(s(remote.path())).unwrap().task("tier.batch");
+    shared
+        .get_or_compute_batch(&[1u32, 2], 8, |b: &[&u32]| {
+            Ok::<_, String>(b.iter().map(|&&i| i * 10).collect::<Vec<u32>>())
+        })
+        .unwrap();
+    // A failed entry of item 3 in the near tier, a completed one in the far tier.
+    Store::open(s(local.path()))
+        .unwrap()
+        .task("tier.batch")
+        .get_or_compute(&3u32, || Err::<u32, _>("flaky"))
+        .unwrap_err();
+    shared
+        .get_or_compute(&3u32, || Ok::<_, String>(30u32))
+        .unwrap();
+
+    let tiered = Store::open_tiered(&[s(local.path()), s(remote.path())]).unwrap();
+    let mut computed = Vec::new();
+    let got = tiered
+        .task("tier.batch")
+        .get_or_compute_batch(&[1u32, 2, 3, 4], 8, |b: &[&u32]| {
+            computed.extend(b.iter().map(|i| **i));
+            Ok::<_, String>(b.iter().map(|&&i| i * 10).collect::<Vec<u32>>())
+        })
+        .unwrap();
+    assert_eq!(got, [10, 20, 30, 40]);
+    assert_eq!(
+        computed,
+        [4],
+        "far entries are hits, the far completed 3 beats the near failure"
+    );
+    let near = Store::open(s(local.path())).unwrap().task("tier.batch");
+    for i in [1u32, 2, 3, 4] {
+        assert_eq!(
+            near.entry(&i).unwrap().load::<u32>().unwrap(),
+            i * 10,
+            "near tier filled"
+        );
+    }
+}
+
 /// The child side of `processes_with_separate_local_tiers_compute_once`.
 #[test]
 fn child() {

@@ -396,6 +396,58 @@ impl Backend for TieredBackend {
         Ok(Some(bytes))
     }
 
+    fn get_manifests(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>> {
+        // As `get_manifest` for every key, with one batched read per tier: each tier is asked
+        // for the keys no nearer tier holds a completed entry of.
+        let mut best: Vec<Option<(usize, Vec<u8>)>> = keys.iter().map(|_| None).collect();
+        let mut first_err = None;
+        for (i, t) in self.tiers.iter().enumerate() {
+            let ask: Vec<usize> = (0..keys.len())
+                .filter(|&k| best[k].as_ref().is_none_or(|(_, b)| !is_completed(b)))
+                .collect();
+            if ask.is_empty() {
+                break;
+            }
+            let wanted: Vec<Key> = ask.iter().map(|&k| keys[k]).collect();
+            match t.backend.get_manifests(&wanted) {
+                Ok(got) => {
+                    for (&k, bytes) in ask.iter().zip(got) {
+                        let Some(bytes) = bytes else { continue };
+                        // A nearer failed or interrupted entry yields to a farther completed one.
+                        if best[k].is_none() || is_completed(&bytes) {
+                            best[k] = Some((i, bytes));
+                        }
+                    }
+                }
+                Err(e) => {
+                    log::debug!(
+                        "runcache: store tier {} could not be read: {e}",
+                        t.backend.location()
+                    );
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if best.iter().any(Option::is_none) {
+            // A key found nowhere is a miss only if every tier answered.
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+        }
+        Ok(best
+            .into_iter()
+            .zip(keys)
+            .map(|(found, key)| {
+                found.map(|(at, bytes)| {
+                    if at > 0 {
+                        self.fill_manifest(at, key, &bytes);
+                    }
+                    bytes
+                })
+            })
+            .collect())
+    }
+
     fn delete_manifest(&self, key: &Key) -> Result<()> {
         if self.write_order().is_empty() {
             return Err(self.read_only_error());
