@@ -291,6 +291,21 @@ impl Backend for PostgresBackend {
             .collect())
     }
 
+    fn list_manifests_page(&self, after: Option<&Key>, limit: usize) -> Result<Vec<Key>> {
+        // The empty byte string sorts before every key.
+        let after: &[u8] = after.map_or(&[], |k| k.0.as_bytes());
+        let limit = to_i64(limit as u64);
+        let rows = self.db.query(
+            "listing a page of manifests",
+            &self.db.sql.manifest_page,
+            &[&after, &limit],
+        )?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| key_from(r.get(0), &self.db, "manifest").ok())
+            .collect())
+    }
+
     fn strays(&self) -> Result<Vec<Stray>> {
         self.find_strays()
     }

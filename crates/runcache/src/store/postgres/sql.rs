@@ -87,6 +87,7 @@ pub(super) struct Sql {
     pub(super) manifest_get_many: String,
     pub(super) manifest_delete: String,
     pub(super) manifest_list: String,
+    pub(super) manifest_page: String,
     pub(super) touch: String,
     pub(super) last_used: String,
     pub(super) forget_usage: String,
@@ -147,6 +148,10 @@ impl Sql {
             manifest_get_many: format!("SELECT key, body FROM {s}.manifests WHERE key = ANY($1)"),
             manifest_delete: format!("DELETE FROM {s}.manifests WHERE key = $1"),
             manifest_list: format!("SELECT key FROM {s}.manifests"),
+            // bytea orders byte by byte: the order of the keys' hex names.
+            manifest_page: format!(
+                "SELECT key FROM {s}.manifests WHERE key > $1 ORDER BY key LIMIT $2"
+            ),
             touch: format!(
                 "INSERT INTO {s}.used (key, unix_ms) VALUES ($1, $2)
                  ON CONFLICT (key) DO UPDATE SET unix_ms = EXCLUDED.unix_ms"

@@ -282,6 +282,29 @@ impl Client {
         })
     }
 
+    /// Up to `limit` objects under `rel_dir` whose paths sort after `rel_after`, in path order
+    /// (S3's `start-after`): one page of a listing, whatever the size of the prefix.
+    pub(crate) fn list_after(
+        &self,
+        rel_dir: &str,
+        rel_after: &str,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>> {
+        let path = self.path(rel_dir);
+        let offset = self.path(rel_after);
+        self.block_on(async {
+            let mut stream = self.store.list_with_offset(Some(&path), &offset);
+            let mut out = Vec::new();
+            while out.len() < limit {
+                match stream.next().await {
+                    Some(item) => out.push(item.map_err(|e| self.fail("LIST", rel_dir, e))?),
+                    None => break,
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// The part of an object's path after the store prefix.
     pub(crate) fn relative<'a>(&self, location: &'a Path) -> &'a str {
         let full = location.as_ref();
@@ -610,6 +633,21 @@ impl S3Backend {
         sharded("blobs", &d.to_hex(), "")
     }
 
+    /// The keys named by manifest objects (anything else is a stray, listed by `strays`).
+    fn manifest_keys(&self, objects: Vec<ObjectMeta>) -> Result<Vec<Key>> {
+        let mut out = Vec::new();
+        for meta in objects {
+            let rel = self.client.relative(&meta.location);
+            let Some(hex) = rel.rsplit('/').next().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                out.push(hex.parse()?);
+            }
+        }
+        Ok(out)
+    }
+
     fn manifest_rel(k: &Key) -> String {
         sharded("manifests", &k.to_hex(), ".json")
     }
@@ -812,17 +850,27 @@ impl Backend for S3Backend {
     }
 
     fn list_manifests(&self) -> Result<Vec<Key>> {
-        let mut out = Vec::new();
-        for meta in self.client.list("manifests")? {
-            let rel = self.client.relative(&meta.location);
-            let Some(hex) = rel.rsplit('/').next().and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                out.push(hex.parse()?);
+        self.manifest_keys(self.client.list("manifests")?)
+    }
+
+    fn list_manifests_page(&self, after: Option<&Key>, limit: usize) -> Result<Vec<Key>> {
+        // `manifests/<shard>/<hex>.json` sorts like the keys; "manifests/" precedes them all.
+        let after = after.map_or("manifests/".to_string(), Self::manifest_rel);
+        let mut keys = Vec::new();
+        let mut from = after;
+        // Stray objects in the listing are skipped, so ask again until the page is full.
+        while keys.len() < limit {
+            let page = self.client.list_after("manifests", &from, limit)?;
+            let Some(last) = page.last() else { break };
+            from = self.client.relative(&last.location).to_string();
+            let n = page.len();
+            keys.extend(self.manifest_keys(page)?);
+            if n < limit {
+                break;
             }
         }
-        Ok(out)
+        keys.truncate(limit);
+        Ok(keys)
     }
 
     fn manifest_location(&self, key: &Key) -> String {
