@@ -15,18 +15,15 @@
 //! The [`Backend`] trait is synchronous: each backend owns a small tokio runtime and blocks on
 //! it. Calling the backend from inside another tokio runtime's worker thread is not supported.
 
-use std::future::Future;
-use std::io::{self, Read};
+use std::io::Read;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::stream::{BoxStream, StreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::path::Path;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::{
-    BackoffConfig, ClientConfigKey, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt,
-    PutMode, PutOptions, PutPayload, RetryConfig, UpdateVersion, WriteMultipart,
+    BackoffConfig, ClientConfigKey, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload, RetryConfig, UpdateVersion, WriteMultipart,
 };
 use serde::{Deserialize, Serialize};
 
@@ -38,16 +35,21 @@ use crate::error::{Error, IoContext, Result};
 use crate::key::Key;
 use crate::lease::LeaseBackend;
 
+mod client;
 mod lease;
+mod location;
+mod reader;
 mod strays;
+
+pub(crate) use client::{Client, Put};
+pub use location::DEFAULT_MULTIPART_MIB;
+use location::{parse_location, without_userinfo};
+use reader::S3Reader;
 
 pub use lease::S3Leases;
 
 /// Name of the format marker under the prefix (same as the local store's).
 pub const MARKER_OBJECT: &str = "RUNCACHE-STORE.json";
-
-/// Blobs larger than this many MiB are uploaded in parts, unless `?multipart_mib=` says otherwise.
-pub const DEFAULT_MULTIPART_MIB: u64 = 64;
 
 /// Largest part of a multipart upload (parts are at least S3's minimum of 5 MiB).
 const MAX_PART: usize = 16 << 20;
@@ -55,267 +57,11 @@ const MAX_PART: usize = 16 << 20;
 /// Parts uploaded concurrently by one multipart upload.
 const PART_CONCURRENCY: usize = 4;
 
-/// How often a blob download resumes (ranged GET from where it broke) before giving up.
-const DOWNLOAD_RESUMES: usize = 3;
-
 /// The contents of the format marker.
 #[derive(Debug, Serialize, Deserialize)]
 struct Marker {
     format: u32,
     created_by: String,
-}
-
-/// Settings taken from the location's query string. Secrets are never accepted here.
-#[derive(Clone, Debug)]
-struct S3Options {
-    endpoint: Option<String>,
-    region: Option<String>,
-    allow_http: Option<bool>,
-    virtual_hosted: Option<bool>,
-    best_effort: bool,
-    multipart_mib: u64,
-}
-
-/// Most GET requests one batched manifest read keeps in flight.
-const CONCURRENT_GETS: usize = 32;
-
-/// What every part of the backend (blobs, manifests, leases) shares: the client, the runtime
-/// that drives it, and where the store lives.
-pub(crate) struct Client {
-    rt: tokio::runtime::Runtime,
-    store: AmazonS3,
-    bucket: String,
-    /// The key prefix without leading or trailing `/` ("" for the bucket root).
-    prefix: String,
-    /// The endpoint, for messages (never carries credentials).
-    endpoint: String,
-    /// False only with `?best_effort=true` on a server that failed the conditional-write probe:
-    /// put-if-absent and compare-and-swap then degrade to check-then-write.
-    conditional: bool,
-}
-
-impl std::fmt::Debug for Client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Deliberately leaves the object_store client (and its credentials) out.
-        f.debug_struct("Client")
-            .field("bucket", &self.bucket)
-            .field("prefix", &self.prefix)
-            .field("endpoint", &self.endpoint)
-            .field("conditional", &self.conditional)
-            .finish()
-    }
-}
-
-/// The outcome of a conditional put.
-pub(crate) enum Put {
-    /// Written.
-    Done,
-    /// The condition failed (the object exists, or its etag changed).
-    Conflict,
-}
-
-impl Client {
-    fn block_on<F: Future>(&self, f: F) -> F::Output {
-        self.rt.block_on(f)
-    }
-
-    /// The object path of `rel` (a path relative to the store prefix).
-    pub(crate) fn path(&self, rel: &str) -> Path {
-        if self.prefix.is_empty() {
-            Path::from(rel)
-        } else {
-            Path::from(format!("{}/{rel}", self.prefix))
-        }
-    }
-
-    /// The URL of `rel`, for messages.
-    pub(crate) fn url(&self, rel: &str) -> String {
-        if self.prefix.is_empty() {
-            format!("s3://{}/{rel}", self.bucket)
-        } else {
-            format!("s3://{}/{}/{rel}", self.bucket, self.prefix)
-        }
-    }
-
-    /// The store's own URL.
-    fn root_url(&self) -> String {
-        if self.prefix.is_empty() {
-            format!("s3://{}", self.bucket)
-        } else {
-            format!("s3://{}/{}", self.bucket, self.prefix)
-        }
-    }
-
-    /// An error for a failed request on `rel`, naming the object and the likely fix.
-    pub(crate) fn fail(&self, op: &str, rel: &str, e: object_store::Error) -> Error {
-        Error::io(
-            self.url(rel),
-            io::Error::other(format!(
-                "S3 {op} failed: {e}. Check that the S3 endpoint {} is reachable and that the \
-                 credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE-less env \
-                 chain) allow it; the endpoint comes from ?endpoint= or AWS_ENDPOINT_URL",
-                self.endpoint
-            )),
-        )
-    }
-
-    /// Reads `rel`; `None` if it does not exist. Returns the bytes and the etag.
-    pub(crate) fn get(&self, rel: &str) -> Result<Option<(Vec<u8>, Option<String>)>> {
-        let path = self.path(rel);
-        self.block_on(async {
-            match self.store.get(&path).await {
-                Ok(r) => {
-                    let etag = r.meta.e_tag.clone();
-                    let bytes = r.bytes().await.map_err(|e| self.fail("GET", rel, e))?;
-                    Ok(Some((bytes.to_vec(), etag)))
-                }
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(self.fail("GET", rel, e)),
-            }
-        })
-    }
-
-    /// Reads every object of `rels` with up to [`CONCURRENT_GETS`] requests in flight, in
-    /// the order given; `None` where one does not exist.
-    pub(crate) fn get_many(&self, rels: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.block_on(async {
-            futures::stream::iter(rels.iter().map(|rel| async move {
-                match self.store.get(&self.path(rel)).await {
-                    Ok(r) => match r.bytes().await {
-                        Ok(bytes) => Ok(Some(bytes.to_vec())),
-                        Err(e) => Err(self.fail("GET", rel, e)),
-                    },
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(self.fail("GET", rel, e)),
-                }
-            }))
-            .buffered(CONCURRENT_GETS)
-            .collect::<Vec<Result<Option<Vec<u8>>>>>()
-            .await
-            .into_iter()
-            .collect()
-        })
-    }
-
-    /// Metadata of `rel`; `None` if it does not exist.
-    fn head(&self, rel: &str) -> Result<Option<ObjectMeta>> {
-        let path = self.path(rel);
-        self.block_on(async {
-            match self.store.head(&path).await {
-                Ok(m) => Ok(Some(m)),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(self.fail("HEAD", rel, e)),
-            }
-        })
-    }
-
-    /// Writes `bytes` to `rel` unless it exists (`If-None-Match: *`).
-    pub(crate) fn put_if_absent(&self, rel: &str, bytes: Vec<u8>) -> Result<Put> {
-        if !self.conditional && self.head(rel)?.is_some() {
-            return Ok(Put::Conflict);
-        }
-        let mode = if self.conditional {
-            PutMode::Create
-        } else {
-            PutMode::Overwrite
-        };
-        self.put_mode(rel, bytes, mode)
-    }
-
-    /// Replaces `rel` if its etag is still `etag` (`If-Match`).
-    pub(crate) fn put_if_match(&self, rel: &str, bytes: Vec<u8>, etag: &str) -> Result<Put> {
-        if !self.conditional {
-            let current = self.head(rel)?.and_then(|m| m.e_tag);
-            if current.as_deref() != Some(etag) {
-                return Ok(Put::Conflict);
-            }
-            return self.put_mode(rel, bytes, PutMode::Overwrite);
-        }
-        let mode = PutMode::Update(UpdateVersion {
-            e_tag: Some(etag.to_string()),
-            version: None,
-        });
-        self.put_mode(rel, bytes, mode)
-    }
-
-    /// Writes `bytes` to `rel`, replacing whatever is there.
-    pub(crate) fn put_overwrite(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
-        self.put_mode(rel, bytes, PutMode::Overwrite).map(|_| ())
-    }
-
-    fn put_mode(&self, rel: &str, bytes: Vec<u8>, mode: PutMode) -> Result<Put> {
-        let path = self.path(rel);
-        let result = self.block_on(self.store.put_opts(
-            &path,
-            PutPayload::from(bytes),
-            PutOptions::from(mode),
-        ));
-        match result {
-            Ok(_) => Ok(Put::Done),
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => Ok(Put::Conflict),
-            // A conditional write on a missing object (If-Match): the record is gone.
-            Err(object_store::Error::NotFound { .. }) => Ok(Put::Conflict),
-            Err(e) => Err(self.fail("PUT", rel, e)),
-        }
-    }
-
-    /// Deletes `rel` (no error if absent).
-    pub(crate) fn delete(&self, rel: &str) -> Result<()> {
-        let path = self.path(rel);
-        match self.block_on(self.store.delete(&path)) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.fail("DELETE", rel, e)),
-        }
-    }
-
-    /// Every object under `rel_dir/` (recursive).
-    pub(crate) fn list(&self, rel_dir: &str) -> Result<Vec<ObjectMeta>> {
-        let path = self.path(rel_dir);
-        self.block_on(async {
-            let mut stream = self.store.list(Some(&path));
-            let mut out = Vec::new();
-            while let Some(item) = stream.next().await {
-                out.push(item.map_err(|e| self.fail("LIST", rel_dir, e))?);
-            }
-            Ok(out)
-        })
-    }
-
-    /// Up to `limit` objects under `rel_dir` whose paths sort after `rel_after`, in path order
-    /// (S3's `start-after`): one page of a listing, whatever the size of the prefix.
-    pub(crate) fn list_after(
-        &self,
-        rel_dir: &str,
-        rel_after: &str,
-        limit: usize,
-    ) -> Result<Vec<ObjectMeta>> {
-        let path = self.path(rel_dir);
-        let offset = self.path(rel_after);
-        self.block_on(async {
-            let mut stream = self.store.list_with_offset(Some(&path), &offset);
-            let mut out = Vec::new();
-            while out.len() < limit {
-                match stream.next().await {
-                    Some(item) => out.push(item.map_err(|e| self.fail("LIST", rel_dir, e))?),
-                    None => break,
-                }
-            }
-            Ok(out)
-        })
-    }
-
-    /// The part of an object's path after the store prefix.
-    pub(crate) fn relative<'a>(&self, location: &'a Path) -> &'a str {
-        let full = location.as_ref();
-        if self.prefix.is_empty() {
-            full
-        } else {
-            full.strip_prefix(self.prefix.as_str())
-                .and_then(|r| r.strip_prefix('/'))
-                .unwrap_or(full)
-        }
-    }
 }
 
 /// A store in an S3-compatible bucket.
@@ -337,122 +83,6 @@ pub(crate) fn random_hex(bytes: usize) -> Result<String> {
     getrandom::fill(&mut r)
         .map_err(|e| Error::Invalid(format!("the OS random source failed: {e}")))?;
     Ok(hex::encode(r))
-}
-
-fn parse_bool(location: &str, key: &str, v: &str) -> Result<bool> {
-    match v {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(Error::BadStore {
-            location: location.into(),
-            message: format!("option `{key}` must be true or false, not `{v}`"),
-        }),
-    }
-}
-
-/// Decodes `%XX` escapes in a query value (`+` stays `+`).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-            if let Ok(b) = u8::from_str_radix(hex, 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Drops any `user:password@` from a URL, for messages.
-fn without_userinfo(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            format!("{scheme}://{host}{path}")
-        }
-        None => url.to_string(),
-    }
-}
-
-const KNOWN_OPTIONS: &str =
-    "endpoint, region, allow_http, virtual_hosted, multipart_mib, best_effort, sync";
-
-/// Splits `s3://bucket/prefix?query` into bucket, prefix and options.
-fn parse_location(location: &str) -> Result<(String, String, S3Options)> {
-    let bad = |message: String| Error::BadStore {
-        location: without_userinfo(location),
-        message,
-    };
-    let rest = location
-        .strip_prefix("s3://")
-        .ok_or_else(|| bad("an S3 store location starts with s3://".into()))?;
-    let (target, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let (bucket, prefix) = target.split_once('/').unwrap_or((target, ""));
-    if bucket.is_empty() {
-        return Err(bad(
-            "no bucket name; write s3://BUCKET/PREFIX (e.g. s3://team-cache/runcache)".into(),
-        ));
-    }
-    let prefix = prefix.trim_matches('/').to_string();
-    if prefix.split('/').any(|s| s == "." || s == "..") || prefix.contains("//") {
-        return Err(bad(format!(
-            "the prefix `{prefix}` has empty, `.` or `..` segments; use a plain path"
-        )));
-    }
-    let mut opts = S3Options {
-        endpoint: None,
-        region: None,
-        allow_http: None,
-        virtual_hosted: None,
-        best_effort: false,
-        multipart_mib: DEFAULT_MULTIPART_MIB,
-    };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
-        let v = percent_decode(v);
-        match k {
-            "endpoint" => opts.endpoint = Some(v),
-            "region" => opts.region = Some(v),
-            "allow_http" => opts.allow_http = Some(parse_bool(location, k, &v)?),
-            "virtual_hosted" => opts.virtual_hosted = Some(parse_bool(location, k, &v)?),
-            "best_effort" => opts.best_effort = parse_bool(location, k, &v)?,
-            // Acknowledged S3 writes are durable; there is nothing to fsync.
-            "sync" => {
-                parse_bool(location, k, &v)?;
-            }
-            "multipart_mib" => {
-                opts.multipart_mib = v.parse().ok().filter(|n| *n >= 5).ok_or_else(|| {
-                    bad(format!(
-                        "option `multipart_mib` must be a whole number of MiB, at least 5 (S3's smallest part), not `{v}`"
-                    ))
-                })?
-            }
-            "access_key_id" | "secret_access_key" | "aws_access_key_id"
-            | "aws_secret_access_key" | "token" | "session_token" | "password" | "secret" => {
-                // Do not echo the location: it holds a secret.
-                return Err(Error::BadStore {
-                    location: format!("s3://{bucket}/{prefix}"),
-                    message: format!(
-                        "`{k}` is a secret and is never accepted in a store URL (URLs end up in logs and manifests). Set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN in the environment instead"
-                    ),
-                });
-            }
-            _ => {
-                return Err(bad(format!(
-                    "unknown option `{k}`; known options: {KNOWN_OPTIONS}"
-                )))
-            }
-        }
-    }
-    Ok((bucket.to_string(), prefix, opts))
 }
 
 impl S3Backend {
@@ -999,91 +629,6 @@ fn probe_conditional_writes(c: &Client) -> std::result::Result<(), String> {
     })();
     let _ = c.block_on(c.store.delete(&path));
     outcome
-}
-
-/// Streams one blob, resuming with a ranged GET (pinned to the same etag) when the connection
-/// breaks mid-download.
-struct S3Reader {
-    client: Arc<Client>,
-    rel: String,
-    etag: Option<String>,
-    size: u64,
-    offset: u64,
-    stream: Option<BoxStream<'static, object_store::Result<bytes::Bytes>>>,
-    chunk: Vec<u8>,
-    pos: usize,
-    resumes: usize,
-}
-
-impl S3Reader {
-    fn next_chunk(&mut self) -> io::Result<bool> {
-        loop {
-            if self.offset >= self.size {
-                return Ok(false);
-            }
-            let stream = match &mut self.stream {
-                Some(s) => s,
-                None => {
-                    let opts = GetOptions {
-                        range: Some(GetRange::Offset(self.offset)),
-                        if_match: self.etag.clone(),
-                        ..Default::default()
-                    };
-                    let path = self.client.path(&self.rel);
-                    let r = self
-                        .client
-                        .block_on(self.client.store.get_opts(&path, opts))
-                        .map_err(|e| io::Error::other(self.client.fail("GET", &self.rel, e)))?;
-                    self.stream.insert(r.into_stream())
-                }
-            };
-            match self.client.block_on(stream.next()) {
-                Some(Ok(bytes)) => {
-                    self.offset += bytes.len() as u64;
-                    self.chunk.clear();
-                    self.chunk.extend_from_slice(&bytes);
-                    self.pos = 0;
-                    return Ok(true);
-                }
-                // The server ended the body early: resume from where it stopped.
-                None => {
-                    self.stream = None;
-                    self.resumes += 1;
-                    if self.resumes > DOWNLOAD_RESUMES {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            format!(
-                                "{}: the download ended at byte {} of {}",
-                                self.client.url(&self.rel),
-                                self.offset,
-                                self.size
-                            ),
-                        ));
-                    }
-                }
-                Some(Err(e)) => {
-                    self.stream = None;
-                    self.resumes += 1;
-                    if self.resumes > DOWNLOAD_RESUMES {
-                        return Err(io::Error::other(self.client.fail("GET", &self.rel, e)));
-                    }
-                    log::debug!("resuming the download of {} after: {e}", self.rel);
-                }
-            }
-        }
-    }
-}
-
-impl Read for S3Reader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.pos >= self.chunk.len() && !self.next_chunk()? {
-            return Ok(0);
-        }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
 }
 
 #[cfg(test)]
