@@ -100,7 +100,8 @@ pub fn open_backend(location: &str, base: &BackendOptions) -> Result<Arc<dyn Bac
     ))
 }
 
-fn parse_bool(location: &str, key: &str, v: &str) -> Result<bool> {
+/// A boolean query option (`1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off`).
+pub(crate) fn parse_bool(location: &str, key: &str, v: &str) -> Result<bool> {
     match v {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
@@ -109,4 +110,25 @@ fn parse_bool(location: &str, key: &str, v: &str) -> Result<bool> {
             message: format!("option `{key}` must be true or false, not `{v}`"),
         }),
     }
+}
+
+/// Decodes `%XX` escapes (`+` stays `+`); a bad escape or non-UTF-8 result is an error.
+pub(crate) fn percent_decode(s: &str) -> std::result::Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent-escape in `{s}`"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("`{s}` is not UTF-8 once decoded"))
 }

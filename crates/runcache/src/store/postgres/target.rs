@@ -7,6 +7,7 @@ use std::time::Duration;
 use postgres::Config;
 
 use crate::error::{Error, Result};
+use crate::store::location::percent_decode;
 
 /// The default schema when the location names none.
 pub const DEFAULT_SCHEMA: &str = "runcache";
@@ -38,26 +39,6 @@ pub(super) fn redact(location: &str) -> String {
         }
         None => location.to_string(),
     }
-}
-
-pub(super) fn percent_decode(s: &str) -> std::result::Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent-escape in `{s}`"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("`{s}` is not UTF-8 once decoded"))
 }
 
 pub(super) fn valid_schema(name: &str) -> bool {

@@ -1,6 +1,7 @@
 //! Parsing `s3://bucket/prefix?options` locations (secrets are never accepted in them).
 
 use crate::error::{Error, Result};
+use crate::store::location::{parse_bool, percent_decode};
 
 /// Blobs larger than this many MiB are uploaded in parts, unless `?multipart_mib=` says otherwise.
 pub const DEFAULT_MULTIPART_MIB: u64 = 64;
@@ -14,37 +15,6 @@ pub(super) struct S3Options {
     pub(super) virtual_hosted: Option<bool>,
     pub(super) best_effort: bool,
     pub(super) multipart_mib: u64,
-}
-
-pub(super) fn parse_bool(location: &str, key: &str, v: &str) -> Result<bool> {
-    match v {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(Error::BadStore {
-            location: location.into(),
-            message: format!("option `{key}` must be true or false, not `{v}`"),
-        }),
-    }
-}
-
-/// Decodes `%XX` escapes in a query value (`+` stays `+`).
-pub(super) fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-            if let Ok(b) = u8::from_str_radix(hex, 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Drops any `user:password@` from a URL, for messages.
@@ -94,7 +64,10 @@ pub(super) fn parse_location(location: &str) -> Result<(String, String, S3Option
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
-        let v = percent_decode(v);
+        let v = percent_decode(v).map_err(|message| Error::BadStore {
+            location: without_userinfo(location),
+            message,
+        })?;
         match k {
             "endpoint" => opts.endpoint = Some(v),
             "region" => opts.region = Some(v),
