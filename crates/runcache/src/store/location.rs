@@ -132,3 +132,16 @@ pub(crate) fn percent_decode(s: &str) -> std::result::Result<String, String> {
     }
     String::from_utf8(out).map_err(|_| format!("`{s}` is not UTF-8 once decoded"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_escapes_decode_or_are_refused() {
+        assert_eq!(percent_decode("a%41%2Fb+c").unwrap(), "aA/b+c");
+        assert!(percent_decode("100%").is_err());
+        assert!(percent_decode("%zz").is_err());
+        assert!(percent_decode("%ff").is_err(), "not UTF-8 once decoded");
+    }
+}
