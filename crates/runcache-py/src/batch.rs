@@ -5,14 +5,13 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
-use runcache::{Failure, Key, Mode};
+use runcache::{Key, Mode};
 
 use crate::codec::{Outcome, PickleCodec, Pickled};
 use crate::errors::to_py;
-use crate::store::Store;
+use crate::store::{describe, json_doc, set_metadata, Store};
 
 /// The batched call. `keys` are the distinct item keys (hex); `doc(i)` returns the key
 /// document of item `i` as JSON text (called only for items that are computed);
@@ -47,16 +46,12 @@ pub fn call_batch(
     }
     let stash: Mutex<Option<PyErr>> = Mutex::new(None);
     let codec = PickleCodec { mmap };
-    let doc_fn = |i: usize| item_doc(&doc, i);
+    let doc_fn = |i: usize| json_doc(&doc, Some(i));
     let result = py.detach(|| {
         task.get_or_compute_batch_keyed(&keys, &doc_fn, &codec, batch_size, |at, ctx| {
             Python::attach(|py| {
                 run_batch(py, &compute, at, ctx).map_err(|err| {
-                    let failure = Failure {
-                        error_type: err.get_type(py).to_string(),
-                        message: err.value(py).to_string(),
-                        ..Default::default()
-                    };
+                    let failure = describe(py, &err, None);
                     *stash.lock().unwrap() = Some(err);
                     failure
                 })
@@ -72,16 +67,6 @@ pub fn call_batch(
     }
 }
 
-/// The key document of item `i`, from the Python callable.
-fn item_doc(doc: &Py<PyAny>, i: usize) -> runcache::Result<serde_json::Value> {
-    Python::attach(|py| -> PyResult<serde_json::Value> {
-        let text: String = doc.call1(py, (i,))?.extract(py)?;
-        serde_json::from_str(&text)
-            .map_err(|e| PyRuntimeError::new_err(format!("key document is not JSON: {e}")))
-    })
-    .map_err(|e| runcache::Error::Invalid(format!("cannot build the key document: {e}")))
-}
-
 /// Runs one batch of the Python computation and pickles every value it returns.
 fn run_batch(
     py: Python<'_>,
@@ -92,15 +77,7 @@ fn run_batch(
     let out = compute.call1(py, (at.to_vec(),))?;
     let out = out.bind(py);
     let values = out.get_item(0)?;
-    let metadata = out.get_item(1)?;
-    if !metadata.is_none() {
-        let text: String = metadata.extract()?;
-        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
-            .map_err(|e| PyRuntimeError::new_err(format!("metadata is not a JSON object: {e}")))?;
-        for (k, v) in map {
-            ctx.set_metadata(&k, v).map_err(to_py)?;
-        }
-    }
+    set_metadata(ctx, &out.get_item(1)?)?;
     let mut outcomes = Vec::new();
     for value in values.try_iter()? {
         let value = value?;

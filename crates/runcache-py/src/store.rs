@@ -212,7 +212,7 @@ impl Store {
         let stash: Mutex<Option<PyErr>> = Mutex::new(None);
         let computed = AtomicBool::new(false);
         let codec = PickleCodec { mmap };
-        let doc_fn = || json_doc(&doc);
+        let doc_fn = || json_doc(&doc, None);
         let result = py.detach(|| {
             task.get_or_compute_keyed(key, &doc_fn, &codec, |ctx| {
                 computed.store(true, Ordering::Relaxed);
@@ -270,7 +270,7 @@ impl Store {
             .validator(Arc::new(stale_dependency));
         let sweep = sweep_ref(sweep_id, since_unix_ms);
         let stash: Mutex<Option<(PyErr, bool)>> = Mutex::new(None);
-        let doc_fn = || json_doc(&doc);
+        let doc_fn = || json_doc(&doc, None);
         let codec = PickleCodec { mmap: true };
         let claim = py
             .detach(|| {
@@ -562,10 +562,18 @@ impl Store {
     }
 }
 
-/// Calls the Python key-document builder and parses its JSON text.
-fn json_doc(doc: &Py<PyAny>) -> runcache::Result<serde_json::Value> {
+/// Calls the Python key-document builder (`doc()`, or `doc(item)` for an item of a batch call)
+/// and parses its JSON text.
+pub(crate) fn json_doc(
+    doc: &Py<PyAny>,
+    item: Option<usize>,
+) -> runcache::Result<serde_json::Value> {
     Python::attach(|py| -> PyResult<serde_json::Value> {
-        let text: String = doc.call0(py)?.extract(py)?;
+        let text = match item {
+            None => doc.call0(py)?,
+            Some(i) => doc.call1(py, (i,))?,
+        };
+        let text: String = text.extract(py)?;
         serde_json::from_str(&text)
             .map_err(|e| PyRuntimeError::new_err(format!("key document is not JSON: {e}")))
     })
@@ -589,14 +597,7 @@ fn run_compute(
             ctx.add_artifact_file(&name, path).map_err(to_py)?;
         }
     }
-    if !metadata.is_none() {
-        let text: String = metadata.extract()?;
-        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
-            .map_err(|e| PyRuntimeError::new_err(format!("metadata is not a JSON object: {e}")))?;
-        for (k, v) in map {
-            ctx.set_metadata(&k, v).map_err(to_py)?;
-        }
-    }
+    set_metadata(ctx, &metadata)?;
     let parts = Pickled::of(py, &value)?;
     Ok(Outcome {
         value: value.unbind(),
@@ -604,8 +605,25 @@ fn run_compute(
     })
 }
 
+/// Records the metadata a computation returned (JSON object text, or None) on its context.
+pub(crate) fn set_metadata(
+    ctx: &mut runcache::Context,
+    metadata: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    if metadata.is_none() {
+        return Ok(());
+    }
+    let text: String = metadata.extract()?;
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+        .map_err(|e| PyRuntimeError::new_err(format!("metadata is not a JSON object: {e}")))?;
+    for (k, v) in map {
+        ctx.set_metadata(&k, v).map_err(to_py)?;
+    }
+    Ok(())
+}
+
 /// Records a Python exception as a failure (or an interruption).
-fn describe(py: Python<'_>, err: &PyErr, interrupts: Option<&Py<PyTuple>>) -> Failure {
+pub(crate) fn describe(py: Python<'_>, err: &PyErr, interrupts: Option<&Py<PyTuple>>) -> Failure {
     let ty = err.get_type(py);
     let module: String = ty
         .getattr("__module__")
