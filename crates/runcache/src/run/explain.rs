@@ -27,6 +27,7 @@ pub struct Explanation {
 /// Explains what `runcache run` would do with `spec`, without running anything.
 pub fn explain(store: &Store, spec: &RunSpec) -> Result<Explanation> {
     let p = prepare(spec)?;
+    let doc = p.doc()?;
     let mut out = Explanation {
         namespace: p.namespace.clone(),
         key: p.key,
@@ -51,7 +52,7 @@ pub fn explain(store: &Store, spec: &RunSpec) -> Result<Explanation> {
         .filter_map(|e| e.manifest)
         .filter(|m| m.namespace == p.namespace)
         .map(|m| {
-            let diffs = diff_documents(&m.key_doc, &p.doc);
+            let diffs = diff_documents(&m.key_doc, &doc);
             (m.key, m.status, diffs)
         })
         .collect();

@@ -201,15 +201,20 @@ pub(crate) fn digest_input(path: &Path) -> Result<Digest> {
     Ok(listing.finish())
 }
 
-fn hash_tree(root: &Path, rel: &Path, out: &mut StreamHasher) -> Result<()> {
-    let dir = root.join(rel);
-    let mut names: Vec<_> = std::fs::read_dir(&dir)
-        .at(&dir)?
+/// The names in directory `dir`, sorted (so trees are walked in one order everywhere).
+pub(crate) fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .at(dir)?
         .map(|e| e.map(|e| e.file_name()))
         .collect::<std::io::Result<_>>()
-        .at(&dir)?;
+        .at(dir)?;
     names.sort();
-    for name in names {
+    Ok(names)
+}
+
+fn hash_tree(root: &Path, rel: &Path, out: &mut StreamHasher) -> Result<()> {
+    let dir = root.join(rel);
+    for name in sorted_names(&dir)? {
         let rel = rel.join(&name);
         let path = root.join(&rel);
         let meta = std::fs::symlink_metadata(&path).at(&path)?;

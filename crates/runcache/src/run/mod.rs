@@ -219,12 +219,19 @@ pub struct RunResult {
     pub key: Key,
 }
 
-/// A checked spec with its namespace, key and key document, ready to run or explain.
+/// A checked spec with its namespace, key and key material, ready to run or explain.
 pub(crate) struct Prepared {
     spec: RunSpec,
     namespace: String,
     key: Key,
-    doc: serde_json::Value,
+    material: key::CommandKey,
+}
+
+impl Prepared {
+    /// The readable key document (built only when an entry is written or explained).
+    fn doc(&self) -> Result<serde_json::Value> {
+        key_document(&self.namespace, &self.spec.version, &self.material)
+    }
 }
 
 /// Checks `spec`, reads its inputs and executable, and computes its key.
@@ -233,12 +240,11 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Prepared> {
     let namespace = spec.namespace();
     let material = key::CommandKey::of(&spec)?;
     let key = compute_key(&namespace, &spec.version, &material)?;
-    let doc = key_document(&namespace, &spec.version, &material)?;
     Ok(Prepared {
         spec,
         namespace,
         key,
-        doc,
+        material,
     })
 }
 
@@ -289,12 +295,8 @@ fn check_encoding(manifest: &Manifest) -> Result<()> {
 /// directory, a missing input), a command that cannot be started, a declared output missing
 /// after exit 0, or a store error.
 pub fn run(store: &Store, spec: &RunSpec, streams: Streams<'_>) -> Result<RunResult> {
-    let Prepared {
-        spec,
-        namespace,
-        key,
-        doc,
-    } = prepare(spec)?;
+    let prepared = prepare(spec)?;
+    let (spec, namespace, key) = (&prepared.spec, &prepared.namespace, prepared.key);
     let mut task = store
         .task(namespace.clone())
         .version(spec.version.clone())
@@ -318,7 +320,7 @@ pub fn run(store: &Store, spec: &RunSpec, streams: Streams<'_>) -> Result<RunRes
     let ran = Cell::new(None);
     // Why a run was refused (nothing committed), returned to the caller as it is.
     let refused: Cell<Option<Error>> = Cell::new(None);
-    let doc_fn = || Ok(doc.clone());
+    let doc_fn = || prepared.doc();
     let result = task.get_or_compute_keyed(key, &doc_fn, &Codec, |ctx| {
         let refuse = |e: Error| {
             refused.set(Some(e));
@@ -331,13 +333,13 @@ pub fn run(store: &Store, spec: &RunSpec, streams: Streams<'_>) -> Result<RunRes
             (Ok(o), Ok(e)) => (o, e),
             (Err(e), _) | (_, Err(e)) => return refuse(e),
         };
-        let exit = match exec::execute(&spec, &out_path, &err_path, &mut *stdout, &mut *stderr) {
+        let exit = match exec::execute(spec, &out_path, &err_path, &mut *stdout, &mut *stderr) {
             Ok(exit) => exit,
             Err(e) => return refuse(e),
         };
         ran.set(Some(exit));
         let outputs = if exit.success() {
-            match outputs::capture(&spec, ctx) {
+            match outputs::capture(spec, ctx) {
                 Ok(outputs) => outputs,
                 Err(e) => return refuse(e),
             }

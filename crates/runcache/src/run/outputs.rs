@@ -90,13 +90,7 @@ fn walk(cwd: &Path, rel: &Path, ctx: &mut Context, tree: &mut Vec<TreeEntry>) ->
             artifact: None,
             target: None,
         });
-        let mut names: Vec<_> = fs::read_dir(&path)
-            .at(&path)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<std::io::Result<_>>()
-            .at(&path)?;
-        names.sort();
-        for name in names {
+        for name in super::key::sorted_names(&path)? {
             walk(cwd, &rel.join(name), ctx, tree)?;
         }
     } else if ft.is_file() {
