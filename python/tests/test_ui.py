@@ -226,6 +226,11 @@ def test_beyond_loopback_every_request_needs_the_token(filled, browser):
         wrong = f"http://127.0.0.1:{port}/api/overview?token=not-the-token"
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(wrong)
+        token = server.url.split("token=")[1]
+        bearer = urllib.request.Request(f"http://127.0.0.1:{port}/api/info",
+                                        headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(bearer) as r:
+            assert json.load(r)["location"] == filled["store"]
         browser.get(server.url.replace("0.0.0.0", "127.0.0.1"))
         wait_for("the overview", lambda: "ui.plot" in text_of(browser, "namespaces"))
         # The token is now a cookie: other pages load without it in the address.

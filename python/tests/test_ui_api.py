@@ -102,6 +102,11 @@ def test_the_json_api_reads_every_store(kind, tmp_path):
         assert body == b"notes for loss 1\n" and ctype.startswith("text/plain")
         body, ctype = get(url, f"/api/entries/{one['key']}/artifacts/plot.png")
         assert body == ui_tasks.tiny_png() and ctype == "image/png"
+        with urllib.request.urlopen(url.rstrip("/") + f"/api/entries/{one['key']}/artifacts/notes.txt") as r:
+            # Opened on its own an artifact is a sandboxed download, never a page that runs.
+            assert r.headers["Content-Security-Policy"].startswith("sandbox")
+            assert r.headers["Content-Disposition"].startswith("attachment")
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
         code, text = error_of(url, f"/api/entries/{one['key']}/artifacts/missing.txt")
         assert code == 404 and "has no artifact" in text
 

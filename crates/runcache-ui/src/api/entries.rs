@@ -45,7 +45,7 @@ pub(crate) struct ListQuery {
 }
 
 /// The bytes an entry references (value blobs and artifacts).
-fn size_of(m: &Manifest) -> u64 {
+pub(crate) fn size_of(m: &Manifest) -> u64 {
     m.blobs.iter().map(|b| b.size).sum::<u64>() + m.artifacts.iter().map(|a| a.size).sum::<u64>()
 }
 

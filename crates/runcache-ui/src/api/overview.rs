@@ -12,7 +12,7 @@ use runcache::store::STORE_FORMAT;
 use runcache::Status;
 use serde_json::{json, Value};
 
-use super::entries::summary;
+use super::entries::{size_of, summary};
 use super::{blocking, json, ApiError};
 use crate::App;
 
@@ -47,8 +47,7 @@ fn compute(app: &App) -> runcache::Result<Value> {
         };
         let n = namespaces.entry(m.namespace.clone()).or_default();
         n.entries += 1;
-        n.bytes += m.blobs.iter().map(|b| b.size).sum::<u64>()
-            + m.artifacts.iter().map(|a| a.size).sum::<u64>();
+        n.bytes += size_of(m);
         n.last_used_unix_ms = n.last_used_unix_ms.max(e.last_used_unix_ms);
         match m.status {
             Status::Completed => {}

@@ -298,12 +298,9 @@ async function sweep(id) {
   await draw();
   // Live counts: the server reads the store once a second and sends only changes.
   openEvents = new EventSource(`/api/sweeps/${encodeURIComponent(id)}/events`);
+  // Each event means the counts changed: redraw the sweep (counts and items) from the API.
   openEvents.addEventListener("counts", (ev) => {
-    const c = JSON.parse(ev.data);
-    const now = document.getElementById("counts");
-    if (now && !c.error) now.replaceWith(countsLine(c));
-    const items = document.getElementById("items");
-    if (items && !c.error) draw().catch(() => {});
+    if (!JSON.parse(ev.data).error) draw().catch(() => {});
   });
 }
 
