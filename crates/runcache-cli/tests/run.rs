@@ -406,6 +406,15 @@ fn an_entry_past_its_ttl_is_run_again() {
     assert_eq!(text(&o.stdout), "hi\n");
     assert_eq!(b.runs(), 2, "an expired entry was replayed");
     assert_eq!(b.entries(), 1, "the expired entry was not replaced");
+    // A recorded failure expires too.
+    b.script("fails.sh", "echo x >> runs; exit 5");
+    let args = ["--ttl", "1s", "--", "./fails.sh"];
+    assert_eq!(b.run(&args).status.code(), Some(5));
+    assert_eq!(b.run(&args).status.code(), Some(5));
+    assert_eq!(b.runs(), 3, "a fresh failure was rerun");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(b.run(&args).status.code(), Some(5));
+    assert_eq!(b.runs(), 4, "an expired failure was replayed");
 }
 
 #[test]
