@@ -4,19 +4,26 @@ The cluster is started once for the module. Each item notes the pid that compute
 tests count computations per item exactly, and find the process to kill mid-item.
 """
 
-import collections
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 import runcache as rc
 from cluster_tasks import step
-from conftest import skip_or_fail
+from conftest import (
+    alive,
+    assert_each_computed_once,
+    counts_per_item,
+    parent,
+    skip_or_fail,
+    starters,
+    wait_for,
+    worker_on,
+)
 from sweep_tasks import computed, square
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -37,52 +44,6 @@ def client():
     cluster.close()
 
 
-def counts_per_item(trace):
-    return collections.Counter(x for x, _ in computed(trace))
-
-
-def _wait_for(pred, timeout=120.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
-
-
-def _starters(trace):
-    """Pids of the processes that started an item, by item."""
-    out = collections.defaultdict(set)
-    for n in os.listdir(trace):
-        if n.startswith("started-"):
-            _, x, pid = n.split("-")
-            out[int(x)].add(int(pid))
-    return out
-
-
-def _worker_on(trace, x):
-    """The pid of the worker that started item ``x`` (waiting for it to start)."""
-    return min(_wait_for(lambda: _starters(trace).get(x)))
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:  # a zombie has exited
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _parent(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().split(")")[-1].split()[1])
-
-
 def _runcache_tasks(client):
     """Keys of runcache worker tasks the cluster is still running."""
     return [k for keys in client.processing().values() for k in keys
@@ -101,14 +62,13 @@ def test_a_40_item_sweep_computes_each_item_once_in_worker_processes(client, sto
     items = [{"x": i, "trace": trace} for i in range(40)]
     ex = rc.Dask(client)
     assert step.map(items, executor=ex, progress=False) == [i * 10 for i in range(40)]
-    per_item = counts_per_item(trace)
-    assert set(per_item) == set(range(40)) and max(per_item.values()) == 1, per_item
+    assert_each_computed_once(trace, range(40))
     dask_pids = set(client.run(os.getpid).values())
     pids = {pid for _, pid in computed(trace)}
     assert not pids & (dask_pids | {os.getpid()}), "items run in workers the Dask tasks start"
     (sweep_id,) = ex._futures
     handle = rc.sweep(sweep_id)
-    _wait_for(lambda: ex.poll(handle).alive == 0)  # the workers exit once the sweep is drained
+    wait_for(lambda: ex.poll(handle).alive == 0)  # the workers exit once the sweep is drained
     statuses = list(ex._ended.values())
     assert statuses and all(s["code"] == 0 for s in statuses), statuses
     assert all("drained" in " ".join(s["tail"]) for s in statuses), "the worker's log tail"
@@ -122,15 +82,14 @@ def test_a_killed_worker_process_mid_item_is_replaced_and_nothing_runs_twice(cli
     items = [{"x": i, "trace": trace, "hold": (7,)} for i in range(40)]
     jobs = step.map(items, executor=rc.Dask(client), wait=False)
     sweep = jobs[0].sweep
-    victim = _worker_on(trace, 7)
+    victim = worker_on(trace, 7)
     os.kill(victim, signal.SIGKILL)  # its lease dies with it; it never records anything
     open(os.path.join(trace, "release"), "w").close()
     assert sweep.results(timeout=300, progress=False) == [i * 10 for i in range(40)]
-    per_item = counts_per_item(trace)
-    assert set(per_item) == set(range(40)) and max(per_item.values()) == 1, per_item
+    assert_each_computed_once(trace, range(40))
     assert dict(computed(trace))[7] != victim
     # The stall report's material: the Dask task reports how its worker ended.
-    _wait_for(lambda: any(f"worker pid {victim}" in p and "SIGKILL" in p
+    wait_for(lambda: any(f"worker pid {victim}" in p and "SIGKILL" in p
                           for p in sweep.executor.poll(sweep).problems))
 
 
@@ -138,17 +97,16 @@ def test_a_killed_dask_worker_process_mid_item_takes_its_worker_along(client, st
     items = [{"x": i, "trace": trace, "hold": (3,)} for i in range(40)]
     jobs = step.map(items, executor=rc.Dask(client), wait=False)
     sweep = jobs[0].sweep
-    runner = _worker_on(trace, 3)
-    dask_worker = _parent(runner)
+    runner = worker_on(trace, 3)
+    dask_worker = parent(runner)
     assert dask_worker in set(client.run(os.getpid).values())
     os.kill(dask_worker, signal.SIGKILL)
     # The runcache worker learns that its Dask worker died (SIGTERM), records the item
     # interrupted and exits; Dask's nanny starts a new worker and the task runs again.
-    _wait_for(lambda: not _alive(runner))
+    wait_for(lambda: not alive(runner))
     open(os.path.join(trace, "release"), "w").close()
     assert sweep.results(timeout=300, progress=False) == [i * 10 for i in range(40)]
-    per_item = counts_per_item(trace)
-    assert set(per_item) == set(range(40)) and max(per_item.values()) == 1, per_item
+    assert_each_computed_once(trace, range(40))
     assert dict(computed(trace))[3] != runner
     client.wait_for_workers(2, timeout=120)
 
@@ -160,16 +118,16 @@ def test_sigterm_of_the_only_worker_records_the_item_interrupted_and_a_new_task_
     ex = rc.Dask(client, workers=1)
     jobs = step.map(items, executor=ex, wait=False)
     sweep = jobs[0].sweep
-    victim = _worker_on(trace, 0)
+    victim = worker_on(trace, 0)
     os.kill(victim, signal.SIGTERM)  # as a preemption does
     entry = step.entry(0, trace, (0,))
-    _wait_for(lambda: entry.status() == "interrupted")
+    wait_for(lambda: entry.status() == "interrupted")
     open(os.path.join(trace, "release"), "w").close()
     # The only Dask task ended with items left: wait submits a new one.
     assert sweep.results(timeout=300, progress=False) == [0, 10, 20]
     assert victim not in {pid for x, pid in computed(trace) if x == 0}
     assert len(ex._futures[sweep.id]) == 2, "one relaunch"
-    _wait_for(lambda: ex.poll(sweep).alive == 0)
+    wait_for(lambda: ex.poll(sweep).alive == 0)
     said = " ".join(line for s in ex._ended.values() for line in s["tail"])
     assert "SIGTERM: the running item was recorded interrupted and released" in said
     assert not ex.poll(sweep).problems, "a worker that stopped on SIGTERM exits cleanly"
@@ -188,18 +146,17 @@ def test_a_dask_sweep_overlapping_a_local_sweep_computes_nothing_twice(client, s
                      executor=rc.Local(workers=2), progress=False)
     assert local == [i * 10 for i in range(10, 40)]
     assert on_dask[0].sweep.results(timeout=300, progress=False) == [i * 10 for i in range(30)]
-    per_item = counts_per_item(trace)
-    assert set(per_item) == set(range(40)) and max(per_item.values()) == 1, per_item
+    assert_each_computed_once(trace, range(40))
 
 
 def test_cancel_stops_every_worker_and_leaves_no_dask_task_running(client, store, trace):
     items = [{"x": i, "trace": trace, "hold": tuple(range(10))} for i in range(10)]
     jobs = step.map(items, executor=rc.Dask(client), wait=False)
     sweep = jobs[0].sweep
-    _wait_for(lambda: len(_starters(trace)) >= 2)
-    runners = {p for pids in _starters(trace).values() for p in pids}
+    wait_for(lambda: len(starters(trace)) >= 2)
+    runners = {p for pids in starters(trace).values() for p in pids}
     assert sweep.cancel() == 10
-    assert not [p for p in runners if _alive(p)], "the workers were stopped"
+    assert not [p for p in runners if alive(p)], "the workers were stopped"
     assert _runcache_tasks(client) == [], "no Dask task of the sweep runs any more"
     assert sweep.executor.poll(sweep).alive == 0
     out = sweep.results(errors="return", timeout=60, progress=False)
@@ -222,17 +179,17 @@ def test_another_session_reattaches_by_sweep_id_sees_the_workers_and_cancels_the
     items = [{"x": i, "trace": trace, "hold": (0, 1, 2, 3, 4, 5)} for i in range(6)]
     jobs = step.map(items, executor=rc.Dask(client), wait=False)
     sweep = jobs[0].sweep
-    _wait_for(lambda: len(_starters(trace)) >= 2)
-    runners = {p for pids in _starters(trace).values() for p in pids}
+    wait_for(lambda: len(starters(trace)) >= 2)
+    runners = {p for pids in starters(trace).values() for p in pids}
     code = REATTACH.format(sweep_id=sweep.id, store=str(store),
                            address=client.scheduler.address)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=HERE, timeout=180)
     assert out.returncode == 0, out.stderr
-    alive, cancelled, total_cancelled = json.loads(out.stdout)
-    assert alive == 2, "the other session found both Dask tasks by sweep id"
+    seen_alive, cancelled, total_cancelled = json.loads(out.stdout)
+    assert seen_alive == 2, "the other session found both Dask tasks by sweep id"
     assert cancelled == 6 and total_cancelled == 6
-    assert not [p for p in runners if _alive(p)]
+    assert not [p for p in runners if alive(p)]
     assert _runcache_tasks(client) == []
     assert computed(trace) == []
 
@@ -256,17 +213,17 @@ def test_the_workers_outlive_the_session_that_submitted_them(client, store, trac
     session = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True, cwd=HERE)
     sweep_id = session.stdout.readline().strip()
-    _wait_for(lambda: len(_starters(trace)) >= 2)
-    runners = {p for pids in _starters(trace).values() for p in pids}
+    wait_for(lambda: len(starters(trace)) >= 2)
+    runners = {p for pids in starters(trace).values() for p in pids}
     session.communicate("\n", timeout=120)
     assert session.returncode == 0
-    assert all(_alive(p) for p in runners), "the Dask tasks keep running"
+    assert all(alive(p) for p in runners), "the Dask tasks keep running"
     open(os.path.join(trace, "release"), "w").close()
     handle = rc.sweep(sweep_id, executor=rc.Dask(client))
     assert handle.results(timeout=300, progress=False) == [0, 10, 20, 30]
     assert counts_per_item(trace) == {0: 1, 1: 1, 2: 1, 3: 1}
     assert {pid for _, pid in computed(trace)} <= runners, "computed by the first workers"
-    _wait_for(lambda: handle.executor.poll(handle).alive == 0)
+    wait_for(lambda: handle.executor.poll(handle).alive == 0)
     assert sweep_id and f"runcache-{sweep_id}" not in client.list_datasets(), "unpublished"
 
 

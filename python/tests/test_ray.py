@@ -14,9 +14,17 @@ import pytest
 
 import runcache as rc
 from cluster_tasks import on_gpu, step
-from conftest import skip_or_fail
+from conftest import (
+    alive,
+    assert_each_computed_once,
+    counts_per_item,
+    parent,
+    skip_or_fail,
+    starters,
+    wait_for,
+    worker_on,
+)
 from sweep_tasks import computed, square
-from test_dask import _alive, _parent, _starters, _wait_for, _worker_on, counts_per_item
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -32,7 +40,7 @@ def ray():
     ray.shutdown()
 
 
-def _control_alive(sweep_id):
+def _controlalive(sweep_id):
     from runcache import _ray
 
     return _ray._control(sweep_id, create=False) is not None
@@ -42,15 +50,14 @@ def test_a_40_item_sweep_computes_each_item_once_in_worker_processes(ray, store,
     items = [{"x": i, "trace": trace} for i in range(40)]
     ex = rc.Ray()
     assert step.map(items, executor=ex, progress=False) == [i * 10 for i in range(40)]
-    per_item = counts_per_item(trace)
-    assert set(per_item) == set(range(40)) and max(per_item.values()) == 1, per_item
+    assert_each_computed_once(trace, range(40))
     assert os.getpid() not in {pid for _, pid in computed(trace)}
     (sweep_id,) = ex._refs
     handle = rc.sweep(sweep_id)
-    _wait_for(lambda: ex.poll(handle).alive == 0)  # the workers exit once the sweep is drained
+    wait_for(lambda: ex.poll(handle).alive == 0)  # the workers exit once the sweep is drained
     statuses = list(ex._ended.values())
     assert len(statuses) == 2 and all(s["code"] == 0 for s in statuses), statuses
-    assert not _control_alive(sweep_id), "the control actor goes once every task ended"
+    assert not _controlalive(sweep_id), "the control actor goes once every task ended"
     # Again: everything is cached, nothing is submitted to Ray.
     again = rc.Ray()
     assert step.map(items, executor=again, progress=False) == [i * 10 for i in range(40)]
@@ -61,14 +68,13 @@ def test_a_killed_worker_process_mid_item_is_replaced_and_nothing_runs_twice(ray
     items = [{"x": i, "trace": trace, "hold": (7,)} for i in range(40)]
     jobs = step.map(items, executor=rc.Ray(), wait=False)
     sweep = jobs[0].sweep
-    victim = _worker_on(trace, 7)
+    victim = worker_on(trace, 7)
     os.kill(victim, signal.SIGKILL)
     open(os.path.join(trace, "release"), "w").close()
     assert sweep.results(timeout=300, progress=False) == [i * 10 for i in range(40)]
-    per_item = counts_per_item(trace)
-    assert set(per_item) == set(range(40)) and max(per_item.values()) == 1, per_item
+    assert_each_computed_once(trace, range(40))
     assert dict(computed(trace))[7] != victim
-    _wait_for(lambda: any(f"worker pid {victim}" in p and "SIGKILL" in p
+    wait_for(lambda: any(f"worker pid {victim}" in p and "SIGKILL" in p
                           for p in sweep.executor.poll(sweep).problems))
 
 
@@ -76,16 +82,15 @@ def test_a_killed_ray_worker_process_mid_item_takes_its_worker_along(ray, store,
     items = [{"x": i, "trace": trace, "hold": (3,)} for i in range(40)]
     jobs = step.map(items, executor=rc.Ray(), wait=False)
     sweep = jobs[0].sweep
-    runner = _worker_on(trace, 3)
-    ray_worker = _parent(runner)
+    runner = worker_on(trace, 3)
+    ray_worker = parent(runner)
     os.kill(ray_worker, signal.SIGKILL)
     # The runcache worker learns that its Ray worker died (SIGTERM), records the item
     # interrupted and exits; Ray runs the task again in a new worker process.
-    _wait_for(lambda: not _alive(runner))
+    wait_for(lambda: not alive(runner))
     open(os.path.join(trace, "release"), "w").close()
     assert sweep.results(timeout=300, progress=False) == [i * 10 for i in range(40)]
-    per_item = counts_per_item(trace)
-    assert set(per_item) == set(range(40)) and max(per_item.values()) == 1, per_item
+    assert_each_computed_once(trace, range(40))
     assert dict(computed(trace))[3] != runner
 
 
@@ -96,23 +101,22 @@ def test_a_ray_sweep_overlapping_a_local_sweep_computes_nothing_twice(ray, store
                      executor=rc.Local(workers=2), progress=False)
     assert local == [i * 10 for i in range(10, 40)]
     assert on_ray[0].sweep.results(timeout=300, progress=False) == [i * 10 for i in range(30)]
-    per_item = counts_per_item(trace)
-    assert set(per_item) == set(range(40)) and max(per_item.values()) == 1, per_item
+    assert_each_computed_once(trace, range(40))
 
 
 def test_cancel_stops_every_worker_and_leaves_no_ray_task_running(ray, store, trace):
     items = [{"x": i, "trace": trace, "hold": tuple(range(10))} for i in range(10)]
     jobs = step.map(items, executor=rc.Ray(), wait=False)
     sweep = jobs[0].sweep
-    _wait_for(lambda: len(_starters(trace)) >= 2)
-    runners = {p for pids in _starters(trace).values() for p in pids}
+    wait_for(lambda: len(starters(trace)) >= 2)
+    runners = {p for pids in starters(trace).values() for p in pids}
     assert sweep.cancel() == 10
-    assert not [p for p in runners if _alive(p)], "the workers were stopped"
+    assert not [p for p in runners if alive(p)], "the workers were stopped"
     refs = [r for _, r in sweep.executor._refs[sweep.id]]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
     assert len(ready) == len(refs), "no Ray task of the sweep runs any more"
     assert sweep.executor.poll(sweep).alive == 0
-    assert not _control_alive(sweep.id)
+    assert not _controlalive(sweep.id)
     out = sweep.results(errors="return", timeout=60, progress=False)
     assert [f.error_type for f in out] == ["runcache.Cancelled"] * 10
     assert computed(trace) == []
@@ -134,17 +138,17 @@ def test_another_session_reattaches_by_sweep_id_sees_the_workers_and_cancels_the
     items = [{"x": i, "trace": trace, "hold": (0, 1, 2, 3, 4, 5)} for i in range(6)]
     jobs = step.map(items, executor=rc.Ray(), wait=False)
     sweep = jobs[0].sweep
-    _wait_for(lambda: len(_starters(trace)) >= 2)
-    runners = {p for pids in _starters(trace).values() for p in pids}
+    wait_for(lambda: len(starters(trace)) >= 2)
+    runners = {p for pids in starters(trace).values() for p in pids}
     address = ray.get_runtime_context().gcs_address
     code = REATTACH.format(sweep_id=sweep.id, store=str(store), address=address)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=HERE, timeout=180)
     assert out.returncode == 0, out.stderr
-    alive, cancelled, total_cancelled = json.loads(out.stdout.splitlines()[-1])
-    assert alive == 2, "the other session found both workers through the sweep's control actor"
+    seen_alive, cancelled, total_cancelled = json.loads(out.stdout.splitlines()[-1])
+    assert seen_alive == 2, "the other session found both workers through the sweep's control actor"
     assert cancelled == 6 and total_cancelled == 6
-    assert not [p for p in runners if _alive(p)]
+    assert not [p for p in runners if alive(p)]
     refs = [r for _, r in sweep.executor._refs[sweep.id]]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=60)
     assert len(ready) == len(refs)
@@ -181,12 +185,12 @@ def test_a_driver_that_exits_takes_its_workers_along_and_another_session_finishe
     driver = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, cwd=HERE)
     sweep_id = driver.stdout.readline().strip()
-    _wait_for(lambda: len(_starters(trace)) >= 2)
-    runners = {p for pids in _starters(trace).values() for p in pids}
+    wait_for(lambda: len(starters(trace)) >= 2)
+    runners = {p for pids in starters(trace).values() for p in pids}
     driver.communicate("\n", timeout=120)
     assert driver.returncode == 0
     # Ray ends the driver's tasks; their workers get SIGTERM and record the items interrupted.
-    _wait_for(lambda: not [p for p in runners if _alive(p)])
+    wait_for(lambda: not [p for p in runners if alive(p)])
     open(os.path.join(trace, "release"), "w").close()
     handle = rc.sweep(sweep_id, executor=rc.Ray())
     # The control actor stops counting the silent workers; wait starts new ones from here.

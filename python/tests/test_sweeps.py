@@ -1,6 +1,5 @@
 """Sweeps: map/submit over executors, workers as real processes, status, logs."""
 
-import collections
 import json
 import os
 import signal
@@ -11,16 +10,20 @@ import time
 import pytest
 
 import runcache as rc
-from conftest import skip_or_fail
+from conftest import (
+    alive,
+    assert_each_computed_once,
+    counts_per_item,
+    skip_or_fail,
+    starters,
+    wait_for,
+    worker_on,
+)
 from runcache import _config
 from runcache._executors import WorkerState
 from sweep_tasks import column_means, computed, environment_variable, flaky, hungry, slow, square
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def counts_per_item(trace):
-    return collections.Counter(x for x, _ in computed(trace))
 
 
 def test_grid_is_the_cartesian_product_in_order():
@@ -43,9 +46,7 @@ def test_local_workers_compute_each_item_exactly_once(store, trace):
     items = [{"x": i, "trace": trace} for i in range(200)]
     results = square.map(items, executor=rc.Local(workers=2))
     assert results == [i * i for i in range(200)]
-    per_item = counts_per_item(trace)
-    assert set(per_item) == set(range(200))
-    assert max(per_item.values()) == 1
+    assert_each_computed_once(trace, range(200))
     pids = {pid for _, pid in computed(trace)}
     assert os.getpid() not in pids  # computed by worker processes
     # The same sweep again computes nothing, writes no new sweep and starts no worker.
@@ -157,35 +158,13 @@ def test_overlapping_sweeps_from_two_processes_share_work(store, trace):
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
         assert out.strip() == "ok"
-    per_item = counts_per_item(trace)
-    assert set(per_item) == set(range(40))
-    assert max(per_item.values()) == 1, per_item
-
-
-def _wait_for(pred, timeout=60.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
-
-
-def _started(trace, x):
-    return [n for n in os.listdir(trace) if n.startswith(f"started-{x}-")]
-
-
-def _worker_on(trace, x):
-    """The pid of the worker that started item ``x`` (waiting for it to start)."""
-    first = _wait_for(lambda: _started(trace, x))
-    return int(first[0].rsplit("-", 1)[1])
+    assert_each_computed_once(trace, range(40))
 
 
 def test_sigkill_of_a_worker_mid_item_another_worker_finishes_it(store, trace):
     items = [{"x": i, "trace": trace, "hold": 3} for i in range(8)]
     jobs = slow.map(items, executor=rc.Local(workers=2), wait=False)
-    victim = _worker_on(trace, 3)
+    victim = worker_on(trace, 3)
     # The killed worker never records anything; its lease dies with it.
     os.kill(victim, signal.SIGKILL)
     open(os.path.join(trace, "release"), "w").close()
@@ -198,10 +177,10 @@ def test_sigkill_of_a_worker_mid_item_another_worker_finishes_it(store, trace):
 def test_sigterm_of_a_worker_records_interrupted_and_the_sweep_completes(store, trace):
     items = [{"x": i, "trace": trace, "hold": 0} for i in range(3)]
     jobs = slow.map(items, executor=rc.Local(workers=1), wait=False)
-    victim = _worker_on(trace, 0)
+    victim = worker_on(trace, 0)
     os.kill(victim, signal.SIGTERM)
     entry = slow.entry(0, trace, 0)
-    _wait_for(lambda: entry.status() == "interrupted")
+    wait_for(lambda: entry.status() == "interrupted")
     # Recorded interrupted and queued again: nothing restarts workers until the caller waits.
     st = jobs[0].sweep.status()
     assert (st.interrupted, st.pending, st.queued, st.running) == (1, 2, 3, 0)
@@ -394,7 +373,7 @@ def test_capacity_is_shared_by_the_sweeps_of_one_executor(store, trace):
 def test_a_job_is_cancelled_only_before_it_starts(store, trace):
     items = [{"x": i, "trace": trace, "hold": 0} for i in range(4)]
     jobs = slow.map(items, executor=rc.Local(workers=1), wait=False)
-    _wait_for(lambda: _started(trace, 0))
+    wait_for(lambda: starters(trace).get(0))
     # Item 0 is running: like concurrent.futures, it cannot be cancelled. Item 2 has not started.
     assert jobs[0].cancel() is False
     assert jobs[2].cancel() is True
@@ -423,7 +402,7 @@ def test_cancelling_a_sweep_stops_its_workers_and_starts_nothing_more(store, tra
     items = [{"x": i, "trace": trace, "hold": 0} for i in range(5)]
     jobs = slow.map(items, executor=rc.Local(workers=1), wait=False)
     sweep = jobs[0].sweep
-    _wait_for(lambda: _started(trace, 0))
+    wait_for(lambda: starters(trace).get(0))
     # The four waiting items, and item 0 once its stopped worker released it.
     assert sweep.cancel() == 5
     assert sweep.executor.poll(sweep).alive == 0
@@ -472,27 +451,18 @@ slow.map([dict(x=i, trace={trace!r}, hold=i) for i in range(4)], executor=rc.Loc
 """
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie has exited
-        return f.read().split(")")[-1].split()[0] != "Z"
-
-
 def test_interrupting_the_caller_stops_local_workers(store, trace):
     # SIGINT to the caller alone (as a notebook's interrupt does), not to its process group.
     script = INTERRUPTED.format(here=HERE, store=str(store), trace=trace)
     p = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
-    started = _wait_for(lambda: len(os.listdir(trace)) >= 2 and os.listdir(trace))
+    started = wait_for(lambda: len(os.listdir(trace)) >= 2 and os.listdir(trace))
     workers = {int(n.rsplit("-", 1)[1]) for n in started if n.startswith("started-")}
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode != 0 and "KeyboardInterrupt" in err
     assert "stopped the workers of sweep" in err
-    _wait_for(lambda: not any(_alive(w) for w in workers), timeout=30)
+    wait_for(lambda: not any(alive(w) for w in workers), timeout=30)
     assert computed(trace) == [], "the held items were stopped, not finished"
     # Nothing was lost or cancelled: the same map computes everything afterwards.
     open(os.path.join(trace, "release"), "w").close()
@@ -507,7 +477,7 @@ def test_local_workers_report_done_early_without_leaking_the_pipe_to_tasks(store
                                     wait=False)
     sweep = jobs[0].sweep
     assert sweep.results(timeout=120) == [None] * 6, "tasks never see the worker's pipe"
-    _wait_for(lambda: sweep.executor.poll(sweep).alive == 0)
+    wait_for(lambda: sweep.executor.poll(sweep).alive == 0)
     assert ex._done_pipes[sweep.id] == {}, "every pipe is closed once its worker is gone"
 
 
