@@ -8,6 +8,7 @@ without running the command, and identical calls on any machine sharing the stor
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import subprocess
@@ -149,7 +150,9 @@ def run(
             s.flush()
         except (AttributeError, OSError, ValueError):
             pass
-    with tempfile.TemporaryDirectory(prefix="runcache-run-") as tmp:
+    # A scratch folder only when something is captured (the common terminal case needs none).
+    with (tempfile.TemporaryDirectory(prefix="runcache-run-") if any(capture)
+          else contextlib.nullcontext("")) as tmp:
         paths = [os.path.join(tmp, n) if c else None for n, c in zip(("out", "err"), capture)]
         code, signal, replayed, key = _core.run_command(
             engine, argv, stdout=paths[0], stderr=paths[1], **call
