@@ -100,10 +100,7 @@ class BatchTask:
 
     def clear(self) -> int:
         """Deletes every entry of this task; returns how many were deleted."""
-        store = _config.open_store(_config.current(self._options))
-        return sum(
-            1 for text in store.entries(self.name) if store.delete(json.loads(text)["key"])
-        )
+        return _task._clear(_config.open_store(_config.current(self._options)), self.name)
 
     # -- calling -------------------------------------------------------------------------
 
@@ -275,17 +272,8 @@ class BatchTask:
                 values = self._call(list(args[0]), args[1:], kwargs, store, record["mode"])
             return len(values), [], json.dumps({"batch of items": len(values)})
 
-        return store.claim(
-            self.name,
-            self.version,
-            record["mode"],
-            key,
-            record["id"],
-            record["created_unix_ms"],
-            doc,
-            compute,
-            log_path=log_path,
-            interrupt_types=(_task.Terminated,),
+        return _task._claim_item(
+            store, self.name, self.version, record, key, doc, compute, log_path
         )
 
     def _run_batch(

@@ -317,12 +317,7 @@ class Task(Generic[R]):
 
     def clear(self) -> int:
         """Deletes every entry of this task; returns how many were deleted."""
-        store = _config.open_store(self._effective())
-        n = 0
-        for text in store.entries(self.name):
-            if store.delete(json.loads(text)["key"]):
-                n += 1
-        return n
+        return _clear(_config.open_store(self._effective()), self.name)
 
     def _compute(
         self,
@@ -423,18 +418,7 @@ class Task(Generic[R]):
             return _core.key_document(self.name, self._key_version, bound)
 
         compute = self._compute(store, args, kwargs, capture=capture)
-        return store.claim(
-            self.name,
-            self._key_version,
-            record["mode"],
-            key,
-            record["id"],
-            record["created_unix_ms"],
-            doc,
-            compute,
-            log_path=log_path,
-            interrupt_types=(Terminated,),
-        )
+        return _claim_item(store, self.name, self._key_version, record, key, doc, compute, log_path)
 
     def map(
         self,
@@ -539,6 +523,37 @@ class Task(Generic[R]):
                 stacklevel=2,
             )
         return result
+
+
+def _claim_item(
+    store: Any,
+    name: str,
+    version: str,
+    record: dict[str, Any],
+    key: str,
+    doc: Callable[[], str],
+    compute: Callable[[], Any],
+    log_path: str,
+) -> str:
+    """A worker's claim of item ``key`` of the sweep ``record`` (see ``_core.Store.claim``),
+    for tasks and batch tasks alike: a SIGTERM (`Terminated`) records an interruption."""
+    return store.claim(
+        name,
+        version,
+        record["mode"],
+        key,
+        record["id"],
+        record["created_unix_ms"],
+        doc,
+        compute,
+        log_path=log_path,
+        interrupt_types=(Terminated,),
+    )
+
+
+def _clear(store: Any, name: str) -> int:
+    """Deletes every entry of namespace ``name``; returns how many were deleted."""
+    return sum(1 for text in store.entries(name) if store.delete(json.loads(text)["key"]))
 
 
 def _run_captured(
