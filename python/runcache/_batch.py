@@ -32,8 +32,7 @@ class BatchTask:
         progress: bool | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r}: give a positive integer, e.g. 64")
+        _check_batch_size(batch_size)
         self.fn = fn
         module = "__main__" if fn.__module__ == "__mp_main__" else fn.__module__
         self.name = name or f"{module}.{fn.__qualname__}"
@@ -62,10 +61,7 @@ class BatchTask:
         view = BatchTask.__new__(BatchTask)
         view.__dict__.update(self.__dict__)
         if "batch_size" in options:
-            size = options.pop("batch_size")
-            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-                raise ValueError(f"batch_size={size!r}: give a positive integer, e.g. 64")
-            view.batch_size = size
+            view.batch_size = _check_batch_size(options.pop("batch_size"))
         if "progress" in options:
             view.progress = options.pop("progress")
         _config._check(options)
@@ -81,6 +77,13 @@ class BatchTask:
     def _item_args(self, shared: dict[str, Any], item: Any) -> dict[str, Any]:
         keyed = self.item_key(item) if self.item_key is not None else item
         return {**shared, self._items_param: keyed}
+
+    def _item_keys(self, items: list[Any], shared: dict[str, Any]) -> list[str]:
+        """The entry key of each item, with the other arguments ``shared``."""
+        return [
+            _core.compute_key(self.name, self.version, self._item_args(shared, item))
+            for item in items
+        ]
 
     def key(self, item: Any, *args: Any, **kwargs: Any) -> str:
         """The entry key (64 hex digits) of one item, with these other arguments."""
@@ -125,10 +128,7 @@ class BatchTask:
                 out.extend(self._run_batch(items, positions, len(items), args, kwargs))
             return out
         shared = self._shared_args(args, kwargs)
-        keys = [
-            _core.compute_key(self.name, self.version, self._item_args(shared, item))
-            for item in items
-        ]
+        keys = self._item_keys(items, shared)
         # Equal items share an entry: each distinct key is resolved once.
         first: dict[str, int] = {}
         for i, k in enumerate(keys):
@@ -238,11 +238,7 @@ class BatchTask:
     def _key_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The key of one sweep item (a batch): its items' keys, in order."""
         chunk, rest = args[0], args[1:]
-        shared = self._shared_args(rest, kwargs)
-        item_keys = [
-            _core.compute_key(self.name, self.version, self._item_args(shared, item))
-            for item in chunk
-        ]
+        item_keys = self._item_keys(chunk, self._shared_args(rest, kwargs))
         return _core.compute_key(self.name, self.version, {"batch of items": item_keys})
 
     def _claim(
@@ -350,6 +346,13 @@ class _ItemProgress:
             st.done = self.total
         self.bar.update(st)
         self.bar.close()
+
+
+def _check_batch_size(size: Any) -> int:
+    """``size`` if it is a positive integer; else a ValueError saying what to give."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"batch_size={size!r}: give a positive integer, e.g. 64")
+    return size
 
 
 def _describe(at: list[int], total: int) -> str:
