@@ -117,6 +117,26 @@ impl StreamHasher {
         self.len += data.len() as u64;
     }
 
+    /// Feeds everything `reader` yields, in 1 MiB reads (never the whole stream in memory).
+    pub fn read_from(&mut self, mut reader: impl std::io::Read) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.update(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The digest and length of everything `reader` yields, streamed.
+    pub fn digest_reader(reader: impl std::io::Read) -> std::io::Result<(Digest, u64)> {
+        let mut h = StreamHasher::new();
+        h.read_from(reader)?;
+        Ok((h.finish(), h.len()))
+    }
+
     /// Bytes fed so far.
     pub fn len(&self) -> u64 {
         self.len

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::digest::{Digest, PARALLEL_HASH_THRESHOLD};
+use crate::digest::{Digest, StreamHasher, PARALLEL_HASH_THRESHOLD};
 
 /// What identifies one version of a file's content without reading it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -134,19 +134,7 @@ fn hash_open_file(f: &File, size: u64) -> io::Result<(Digest, u64)> {
         let map = unsafe { memmap2::Mmap::map(f)? };
         return Ok((Digest::of(&map), map.len() as u64));
     }
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut r = f;
-    let mut len = 0u64;
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((Digest::from_bytes(*hasher.finalize().as_bytes()), len))
+    StreamHasher::digest_reader(f)
 }
 
 /// The BLAKE3 digest and length of the file's content, from the caches when its fingerprint

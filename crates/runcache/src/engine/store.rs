@@ -353,21 +353,12 @@ impl Store {
     /// digest, or `None` if it is missing. For `verify`, which compares each entry's claims
     /// with what this finds.
     pub(crate) fn hash_blob(&self, digest: &Digest) -> Result<Option<(u64, Digest)>> {
-        let Some(mut reader) = self.inner.backend.open_blob(digest)? else {
+        let Some(reader) = self.inner.backend.open_blob(digest)? else {
             return Ok(None);
         };
-        let mut hasher = StreamHasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = reader
-                .read(&mut buf)
-                .map_err(|e| Error::io(self.location(), e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        Ok(Some((hasher.len(), hasher.finish())))
+        let (digest, size) =
+            StreamHasher::digest_reader(reader).map_err(|e| Error::io(self.location(), e))?;
+        Ok(Some((size, digest)))
     }
 
     /// Deletes a blob found damaged while reading an entry, but only if its content does not

@@ -673,18 +673,8 @@ impl Task {
 
 /// The digest and size of a file, read in chunks (never whole into memory).
 fn hash_file(path: &Path) -> Result<(Digest, u64)> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = StreamHasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => return Ok((hasher.finish(), hasher.len())),
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io(path, e)),
-        }
-    }
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    StreamHasher::digest_reader(file).map_err(|e| Error::io(path, e))
 }
 
 /// Runs `f` with no store involved (modes `off`, and `read-only` on a miss).
