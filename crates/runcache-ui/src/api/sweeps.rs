@@ -104,10 +104,11 @@ pub(crate) async fn events(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let state = (app, id, None::<Value>, true);
-    let stream = stream::unfold(state, |(app, id, last, first)| async move {
+    // State: the last counts sent (none yet: the first read is sent at once).
+    let state = (app, id, None::<Value>);
+    let stream = stream::unfold(state, |(app, id, last)| async move {
         loop {
-            if !first || last.is_some() {
+            if last.is_some() {
                 tokio::time::sleep(POLL).await;
             }
             let (store, sweep) = (app.store.clone(), id.clone());
@@ -119,7 +120,7 @@ pub(crate) async fn events(
             };
             if last.as_ref() != Some(&now) {
                 let event = Event::default().event("counts").data(now.to_string());
-                return Some((Ok(event), (app, id, Some(now), false)));
+                return Some((Ok(event), (app, id, Some(now))));
             }
         }
     });
