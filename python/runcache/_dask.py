@@ -188,19 +188,13 @@ class Dask(Executor):
             else:  # cancelled
                 self._ended[f.key] = {"stopped": True}
         ended = [(f.key, self._ended[f.key]) for f in futures if f.key in self._ended]
-        problems = [
-            f"Dask task {key} failed: {status['error']}" if "error" in status
-            else _remote.problem(f"Dask task {key}", status)
-            for key, status in ended
-        ]
-        fatal = bool(futures) and alive == 0 and all(_remote.setup_failed(s) for _, s in ended)
         if futures and alive == 0 and sweep.id in self._published:
             # Every task ended: released, so that the scheduler does not run a finished one
             # again when the Dask worker holding its (tiny) result goes away.
             for f in futures:
                 f.release()
             self._unpublish(sweep)
-        return WorkerState(alive=alive, problems=[p for p in problems if p], fatal=fatal)
+        return _remote.worker_state("Dask", ended, alive)
 
     def pause(self, sweep: SweepView, seconds: float) -> None:
         """Returns after ``seconds``, or as soon as one of the sweep's Dask tasks ends."""

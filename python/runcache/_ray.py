@@ -224,7 +224,7 @@ class Ray(Executor):
                         self._ended[(sweep.id, n)] = {"error": f"{type(e).__name__}: {e}"}
         ended = [(n, self._ended[(sweep.id, n)]) for n, _ in refs if (sweep.id, n) in self._ended]
         alive = len(refs) - len(ended)
-        state = self._state(ended, alive)
+        state = _remote.worker_state("Ray", ended, alive)
         if alive == 0 and sweep.id not in self._dropped:
             self._dropped.add(sweep.id)
             self._drop_control(sweep)
@@ -237,16 +237,7 @@ class Ray(Executor):
         if control is None:
             return WorkerState(alive=0)
         live, ended = _ray().get(control.report.remote())
-        return self._state(sorted(ended.items()), len(live))
-
-    def _state(self, ended: list[tuple[str, dict[str, Any]]], alive: int) -> WorkerState:
-        problems = [
-            f"Ray task {name} failed: {status['error']}" if "error" in status
-            else _remote.problem(f"Ray task {name}", status)
-            for name, status in ended
-        ]
-        fatal = bool(ended) and alive == 0 and all(_remote.setup_failed(s) for _, s in ended)
-        return WorkerState(alive=alive, problems=[p for p in problems if p], fatal=fatal)
+        return _remote.worker_state("Ray", sorted(ended.items()), len(live))
 
     def _drop_control(self, sweep: SweepView) -> None:
         control = _control(sweep.id, create=False)

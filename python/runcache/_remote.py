@@ -19,7 +19,7 @@ import sys
 import tempfile
 from typing import Any, Callable
 
-from runcache._executors import WORKER_SETUP_FAILED, _exit_text, _tail
+from runcache._executors import WORKER_SETUP_FAILED, WorkerState, _exit_text, _tail
 
 #: The child's program: it asks Linux for SIGTERM when its parent (the engine's process, whose pid
 #: is the first argument) ends, checks that the parent has not already ended, then runs the
@@ -112,3 +112,16 @@ def problem(label: str, status: dict[str, Any]) -> str | None:
 def setup_failed(status: dict[str, Any]) -> bool:
     """The worker could not start on the sweep (starting more would fail the same way)."""
     return status.get("code") == WORKER_SETUP_FAILED
+
+
+def worker_state(kind: str, ended: list[tuple[str, dict[str, Any]]], alive: int) -> WorkerState:
+    """What ``poll`` reports for a cluster engine's worker tasks: ``alive`` still running, and
+    ``ended`` (task name, status) the others, each reported if it failed or ended badly; fatal
+    once every task ended because its worker could not start."""
+    problems = [
+        f"{kind} task {name} failed: {status['error']}" if "error" in status
+        else problem(f"{kind} task {name}", status)
+        for name, status in ended
+    ]
+    fatal = bool(ended) and alive == 0 and all(setup_failed(s) for _, s in ended)
+    return WorkerState(alive=alive, problems=[p for p in problems if p], fatal=fatal)
