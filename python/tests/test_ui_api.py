@@ -161,3 +161,27 @@ def test_a_foreign_host_name_is_refused(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req)
         assert e.value.code == 403
+
+
+def test_cancel_withdraws_the_items_no_worker_started(tmp_path):
+    loc = str(tmp_path / "store")
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    with rc.config(store=loc):
+        jobs = ui_tasks.pace.map([{"x": i, "gate": str(gate)} for i in range(4)],
+                                 executor=rc.Local(workers=1), wait=False)
+    sweep = jobs[0].sweep
+    with rc.ui(store=loc, port=0, allow_write=True) as server:
+        deadline = time.time() + 60
+        while get(server.url, f"/api/sweeps/{sweep.id}")["counts"]["running"] != 1:
+            assert time.time() < deadline, "no item started"
+            time.sleep(0.1)
+        done = get(server.url, f"/api/sweeps/{sweep.id}/cancel", method="POST",
+                   headers={"X-Runcache-Write": "yes"})
+        assert done["cancelled"] == 3
+        for i in range(4):
+            (gate / f"go-{i}").touch()
+        with rc.config(store=loc):
+            sweep.wait(timeout=120, progress=False)
+        counts = get(server.url, f"/api/sweeps/{sweep.id}")["counts"]
+        assert (counts["completed"], counts["cancelled"]) == (1, 3)
