@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import runcache as rc
+from conftest import skip_or_fail
+from sweep_tasks import computed
 
 #: A child that "embeds" items 0..n-1 in batches of 64 and logs every item it computes (one
 #: line per item, one `#` line per batch, in one write per batch). With HANG_AT=k it stops
@@ -349,56 +351,53 @@ def test_progress_counts_items(store, capsys):
 
 
 def computed_items(trace):
-    path = trace / "computed"
-    return [int(line.split()[0]) for line in path.read_text().splitlines()] if path.exists() else []
+    """The items the batch tasks of batch_tasks.py computed, one per computation."""
+    return [x for x, _ in computed(trace)]
 
 
-def test_map_spreads_batches_over_workers_and_computes_each_item_once(store, tmp_path):
+def test_map_spreads_batches_over_workers_and_computes_each_item_once(store, trace):
     from batch_tasks import cube
 
-    trace = tmp_path / "trace"
-    trace.mkdir()
     items = [x for x in range(200) if x != 13]
-    out = cube.map(items, str(trace), executor=rc.Local(workers=2), progress=False)
+    out = cube.map(items, trace, executor=rc.Local(workers=2), progress=False)
     assert out == [x**3 for x in items]
     assert sorted(computed_items(trace)) == items, "every item computed exactly once"
-    pids = {line.split()[1] for line in (trace / "computed").read_text().splitlines()}
-    assert str(os.getpid()) not in pids, "computed by the workers, not here"
+    pids = {pid for _, pid in computed(trace)}
+    assert os.getpid() not in pids, "computed by the workers, not here"
 
     # More items: only the new ones are computed; the known ones load.
-    (trace / "computed").unlink()
+    os.unlink(os.path.join(trace, "computed"))
     more = items + list(range(200, 230))
-    assert cube.map(more, str(trace), executor=rc.Local(workers=2), progress=False) == [
+    assert cube.map(more, trace, executor=rc.Local(workers=2), progress=False) == [
         x**3 for x in more
     ]
     assert sorted(computed_items(trace)) == list(range(200, 230))
 
     # Inline computes here, through the same entries.
-    assert cube.map([1, 2], str(trace), executor=rc.Inline()) == [1, 8]
+    assert cube.map([1, 2], trace, executor=rc.Inline()) == [1, 8]
 
 
-def test_map_reports_a_failed_batch_and_keeps_the_others(store, tmp_path):
+def test_map_reports_a_failed_batch_and_keeps_the_others(store, trace):
     from batch_tasks import cube
 
-    trace = tmp_path / "trace"
-    trace.mkdir()
     with pytest.raises(rc.SweepError, match="13 is unlucky"):
-        cube.map(range(48), str(trace), executor=rc.Local(workers=2), progress=False)
-    stored = [cube.entry(x, str(trace)).exists() for x in range(48)]
+        cube.map(range(48), trace, executor=rc.Local(workers=2), progress=False)
+    stored = [cube.entry(x, trace).exists() for x in range(48)]
     assert stored == [False] * 16 + [True] * 32, "the failed batch (0..15) stored nothing"
 
 
-def test_map_runs_batches_on_dask(store, tmp_path):
-    distributed = pytest.importorskip("distributed")
+def test_map_runs_batches_on_dask(store, trace):
+    try:
+        import distributed
+    except ImportError:
+        skip_or_fail("the distributed package is not installed", "pip install distributed")
     from batch_tasks import cube
 
-    trace = tmp_path / "trace"
-    trace.mkdir()
     items = [x for x in range(40) if x != 13]
     cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False)
     client = distributed.Client(cluster)
     try:
-        out = cube.map(items, str(trace), executor=rc.Dask(client), progress=False)
+        out = cube.map(items, trace, executor=rc.Dask(client), progress=False)
     finally:
         client.close()
         cluster.close()
