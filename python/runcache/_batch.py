@@ -4,7 +4,6 @@ items without an entry are computed)."""
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any, Callable, Iterable
 
@@ -361,6 +360,10 @@ def _describe(at: list[int], total: int) -> str:
     return f"the batch of {len(at)} item(s) at position(s) {shown} of {total}"
 
 
+#: What a batch task's function carries of its API (a task's, less ``submit``).
+_BATCH_TASK_API = tuple(a for a in _task._TASK_API if a != "submit")
+
+
 def batch_task(
     fn: Callable[..., Iterable[Any]] | None = None,
     *,
@@ -395,14 +398,6 @@ def batch_task(
             progress=progress,
             options=options,
         )
-
-        @functools.wraps(f)
-        def call(items: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
-            return t(items, *args, **kwargs)
-
-        call.task = t  # type: ignore[attr-defined]
-        for attr in ("entry", "options", "explain", "clear", "key", "name", "version", "map"):
-            setattr(call, attr, getattr(t, attr))
-        return call
+        return _task._as_function(t, _BATCH_TASK_API)
 
     return wrap(fn) if fn is not None else wrap

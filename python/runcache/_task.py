@@ -619,15 +619,19 @@ def task(
     return wrap(fn) if fn is not None else wrap
 
 
-def _as_function(t: Task[R]) -> Callable[..., R]:
-    """Presents a task as a plain function (so it works as a method, and as an attribute of
-    pydantic models and dataclasses), carrying the task's API as attributes."""
+_TASK_API = ("entry", "options", "explain", "clear", "key", "name", "version", "map", "submit")
+
+
+def _as_function(t: Any, api: Iterable[str] = _TASK_API) -> Callable[..., Any]:
+    """Presents a task (or a batch task) as a plain function (so it works as a method, and as
+    an attribute of pydantic models and dataclasses), carrying the task's ``api`` as
+    attributes."""
 
     @functools.wraps(t.fn)
-    def call(*args: Any, **kwargs: Any) -> R:
+    def call(*args: Any, **kwargs: Any) -> Any:
         return t(*args, **kwargs)
 
     call.task = t  # type: ignore[attr-defined]
-    for attr in ("entry", "options", "explain", "clear", "key", "name", "version", "map", "submit"):
+    for attr in api:
         setattr(call, attr, getattr(t, attr))
     return call
