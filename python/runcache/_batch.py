@@ -184,8 +184,7 @@ class BatchTask:
                 wait_timeout=opts.get("wait_timeout"),
             )
         except _task.Terminated:
-            if getattr(_task._computing, "depth", 0) == 0:
-                _task._die_of_sigterm()
+            _task._end_if_terminated_outside()
             raise
         finally:
             bar.close()
@@ -282,11 +281,9 @@ class BatchTask:
         """Calls the function on the items at positions ``at`` and checks it returned one
         result per item; an exception gets a note naming the batch."""
         batch = [items[i] for i in at]
-        _task._install_sigterm()
-        _task._computing.depth = getattr(_task._computing, "depth", 0) + 1
         try:
-            out = self.fn(batch, *args, **kwargs)
-            values = list(out)
+            with _task._computation():
+                values = list(self.fn(batch, *args, **kwargs))
             if len(values) != len(batch):
                 raise ValueError(
                     f"batch task {self.name}: {self.fn.__qualname__} returned {len(values)} "
@@ -299,8 +296,6 @@ class BatchTask:
                 "stored for its items (results of earlier batches are kept)"
             )
             raise
-        finally:
-            _task._computing.depth -= 1
         return values
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -16,7 +17,7 @@ import threading
 import traceback
 import warnings
 from types import FrameType
-from typing import Any, Callable, Generic, Iterable, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 from runcache import _config, _core, _executors, _scope, _sweep
 from runcache._entry import Entry, Explanation, explain_call
@@ -53,6 +54,25 @@ def _install_sigterm() -> None:
 def _die_of_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _computation() -> Iterator[None]:
+    """Marks the user's function running on this thread: a SIGTERM meanwhile raises
+    `Terminated` in it (the entry is recorded interrupted) instead of ending the process."""
+    _install_sigterm()
+    _computing.depth = getattr(_computing, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _computing.depth -= 1
+
+
+def _end_if_terminated_outside() -> None:
+    """Called when `Terminated` reached a call: unless that call was itself made inside a
+    computation (which then records its own interruption), the process ends as SIGTERM would."""
+    if getattr(_computing, "depth", 0) == 0:
+        _die_of_sigterm()
 
 
 def _source_hash(fn: Callable[..., Any]) -> str | None:
@@ -336,18 +356,16 @@ class Task(Generic[R]):
         def compute() -> tuple[Any, list[tuple[str, str]], str]:
             scope = _scope.Scope(store.scratch_dir())
             token = _scope.enter(scope)
-            _install_sigterm()
-            _computing.depth = getattr(_computing, "depth", 0) + 1
             try:
-                if capture is None:
-                    value = fn(*args, **kwargs)
-                else:
-                    value = _run_captured(capture, fn, args, kwargs)
+                with _computation():
+                    if capture is None:
+                        value = fn(*args, **kwargs)
+                    else:
+                        value = _run_captured(capture, fn, args, kwargs)
             except BaseException as e:
                 raised[_type_name(type(e))] = type(e)
                 raise
             finally:
-                _computing.depth -= 1
                 _scope.leave(token)
             metadata = dict(scope.metadata)
             if source_hash:
@@ -510,8 +528,7 @@ class Task(Generic[R]):
         except _core.RecordedFailure as e:
             raise _reraise_recorded(e, shared["raised"], self.fn) from None
         except Terminated:
-            if getattr(_computing, "depth", 0) == 0:
-                _die_of_sigterm()
+            _end_if_terminated_outside()
             raise
         if code_changed and not shared["warned_code"]:
             shared["warned_code"] = True
