@@ -33,16 +33,36 @@ struct Opts {
     hit_calls: usize,
     size: usize,
     dir: PathBuf,
+    /// Sections to run (`--only`); empty: all of them.
+    only: Vec<String>,
+}
+
+/// Section names accepted by `--only` (`memory` and `hash` name the same section).
+const SECTIONS: &[&str] = &[
+    "memory", "hash", "store", "load", "remote", "run", "hits", "ui",
+];
+
+impl Opts {
+    /// Whether section `name` (one of [`SECTIONS`]) runs.
+    fn runs(&self, name: &str) -> bool {
+        let alias = match name {
+            "memory" => "hash",
+            "hash" => "memory",
+            other => other,
+        };
+        self.only.is_empty() || self.only.iter().any(|s| s == name || s == alias)
+    }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: runcache-bench [--quick] [--max-entries N] [--reps N] [--hit-calls N] [--dir DIR]\n\
+        "usage: runcache-bench [--quick] [--max-entries N] [--reps N] [--hit-calls N] [--dir DIR] [--only LIST]\n\
          \n  --quick          64 MiB buffers, at most 10^4 entries (a smoke run of seconds)\n\
          \x20 --max-entries N  largest store size for the hit-latency rows (default 1000000)\n\
          \x20 --reps N         repetitions of each large-buffer measurement (default 5, medians)\n\
          \x20 --hit-calls N    timed hits per store size (default 20000)\n\
-         \x20 --dir DIR        scratch directory (default $TMPDIR, else target/); removed at the end"
+         \x20 --dir DIR        scratch directory (default $TMPDIR, else target/); removed at the end\n\
+         \x20 --only LIST      comma list of sections to run: memory (or hash), store, load, remote, run, hits, ui"
     );
     std::process::exit(2)
 }
@@ -53,6 +73,7 @@ fn parse_opts() -> Opts {
     let mut reps = 5;
     let mut hit_calls = None;
     let mut dir = None;
+    let mut only = Vec::new();
     let mut args = std::env::args().skip(1);
     let num = |v: Option<String>| -> usize {
         v.and_then(|s| s.replace('_', "").parse().ok())
@@ -65,6 +86,14 @@ fn parse_opts() -> Opts {
             "--reps" => reps = num(args.next()).max(1),
             "--hit-calls" => hit_calls = Some(num(args.next()).max(1)),
             "--dir" => dir = Some(PathBuf::from(args.next().unwrap_or_else(|| usage()))),
+            "--only" => {
+                for s in args.next().unwrap_or_else(|| usage()).split(',') {
+                    if !SECTIONS.contains(&s) {
+                        usage();
+                    }
+                    only.push(s.to_string());
+                }
+            }
             _ => usage(),
         }
     }
@@ -78,6 +107,7 @@ fn parse_opts() -> Opts {
         hit_calls: hit_calls.unwrap_or(if quick { 5_000 } else { 20_000 }),
         size: if quick { 64 * MIB } else { GIB },
         dir: base.join(format!("runcache-bench-{}", std::process::id())),
+        only,
     }
 }
 
@@ -863,23 +893,39 @@ fn run(opts: &Opts) -> Res<()> {
         loadavg()
     );
     let mut rep = Report::default();
-    let mut buf = make_buffer(opts.size);
-    bench_memory_and_hashing(opts, &buf, &mut rep)?;
-    // The large-buffer rows run before the hit store is populated, so the writeback of its
-    // many files does not disturb them.
-    bench_store(opts, &mut buf, false, &mut rep)?;
-    bench_store(opts, &mut buf, true, &mut rep)?;
-    bench_load(opts, &buf, &mut rep)?;
-    drop(buf);
-    remote::bench_remote(opts.size, opts.hit_calls, &opts.dir, &mut rep)?;
-    command::bench_command(&opts.dir, opts.quick, &mut rep)?;
-    bench_hits(opts, &mut rep)?;
-    ui::bench_ui(
-        &opts.dir.join("hits"),
-        opts.max_entries,
-        &opts.dir,
-        &mut rep,
-    )?;
+    if opts.runs("memory") || opts.runs("store") || opts.runs("load") {
+        let mut buf = make_buffer(opts.size);
+        if opts.runs("memory") {
+            bench_memory_and_hashing(opts, &buf, &mut rep)?;
+        }
+        // The large-buffer rows run before the hit store is populated, so the writeback of its
+        // many files does not disturb them.
+        if opts.runs("store") {
+            bench_store(opts, &mut buf, false, &mut rep)?;
+            bench_store(opts, &mut buf, true, &mut rep)?;
+        }
+        if opts.runs("load") {
+            bench_load(opts, &buf, &mut rep)?;
+        }
+    }
+    if opts.runs("remote") {
+        remote::bench_remote(opts.size, opts.hit_calls, &opts.dir, &mut rep)?;
+    }
+    if opts.runs("run") {
+        command::bench_command(&opts.dir, opts.quick, &mut rep)?;
+    }
+    // The ui rows read the hit rows' store: `--only ui` populates it too.
+    if opts.runs("hits") || opts.runs("ui") {
+        bench_hits(opts, &mut rep)?;
+    }
+    if opts.runs("ui") {
+        ui::bench_ui(
+            &opts.dir.join("hits"),
+            opts.max_entries,
+            &opts.dir,
+            &mut rep,
+        )?;
+    }
     rep.0.sort_by_key(|r| r.what.as_bytes()[0]);
 
     eprintln!("removing the scratch directory (a 10^6-entry store takes minutes)...");
