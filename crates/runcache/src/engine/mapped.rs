@@ -105,11 +105,11 @@ pub(crate) fn read_verified(
             meta.len()
         )));
     }
+    advise_sequential(&file, size);
     let marker = marker_path(digest, &meta);
     if marker.as_ref().is_some_and(|m| m.exists()) {
         use std::io::Read;
         let mut data = vec![0u8; size as usize];
-        advise_huge_pages(&mut data);
         let complete =
             file.read_exact(&mut data).is_ok() && file.read(&mut [0u8; 1]).at(path)? == 0;
         if !complete {
@@ -184,22 +184,25 @@ fn verified_dir() -> Option<&'static Path> {
     .as_deref()
 }
 
-/// Asks the kernel to back a large buffer with huge pages (where transparent huge pages are in
-/// `madvise` mode, as numpy does for its large arrays): filling 1 GiB then takes 512 page faults
-/// instead of 262 144.
-pub(crate) fn advise_huge_pages(buf: &mut [u8]) {
-    const PAGE: usize = 4096;
-    let start = buf.as_mut_ptr() as usize;
-    let aligned = (start + PAGE - 1) & !(PAGE - 1);
-    let end = start + buf.len();
-    if end > aligned + PAGE {
-        // SAFETY: the range lies inside `buf`, which we own; madvise only changes paging hints.
-        unsafe {
-            libc::madvise(
-                aligned as *mut libc::c_void,
-                (end - aligned) & !(PAGE - 1),
-                libc::MADV_HUGEPAGE,
-            );
-        }
+/// Tells the kernel that `file` is about to be read once, start to end: a doubled readahead
+/// window, and the first [`WILLNEED_BYTES`] queued for reading at once (a cold read starts with
+/// the disk already busy instead of one small synchronous readahead).
+///
+/// The buffer a large blob is read into is deliberately *not* given `MADV_HUGEPAGE`: a huge-page
+/// fault zeroes 2 MiB at a time from free memory the allocator may first have to compact or
+/// (in a VM that returns free memory to its host) have the host back again, and on this bench
+/// machine that made a 1 GiB read 2-3x slower than plain 4 KiB faults (bench/README.md,
+/// "Large-blob I/O").
+pub(crate) fn advise_sequential(file: &File, size: u64) {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let ahead = size.min(WILLNEED_BYTES) as libc::off_t;
+    // SAFETY: a valid open descriptor; posix_fadvise only changes caching hints.
+    unsafe {
+        libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+        libc::posix_fadvise(fd, 0, ahead, libc::POSIX_FADV_WILLNEED);
     }
 }
+
+/// How much of a large blob [`advise_sequential`] asks the kernel to start reading at once.
+const WILLNEED_BYTES: u64 = 32 << 20;

@@ -13,9 +13,7 @@ use crate::manifest::{ArtifactRef, BlobRef, Manifest, INLINE_LIMIT};
 use crate::signing::{self, SigningKey};
 use crate::store::{self, Backend, BackendOptions};
 
-use super::mapped::{
-    advise_huge_pages, map_verified, read_verified, BlobData, MapOutcome, ReadOutcome,
-};
+use super::mapped::{map_verified, read_verified, BlobData, MapOutcome, ReadOutcome};
 
 /// Options of a [`Store`] handle.
 #[derive(Clone, Debug)]
@@ -681,9 +679,9 @@ fn read_and_hash(
         let digest = Digest::of(&data);
         return Ok((data, digest));
     }
-    // Zeroed by the allocator (fresh pages from the OS), so no extra pass over memory.
+    // Zeroed by the allocator (fresh pages from the OS), so no extra pass over memory; plain
+    // 4 KiB pages (see `mapped::advise_sequential` for why not huge pages).
     let mut data = vec![0u8; expected as usize];
-    advise_huge_pages(&mut data);
     let mut filled = 0usize;
     let (tx, rx) = std::sync::mpsc::channel::<&[u8]>();
     let digest = std::thread::scope(|s| -> std::io::Result<Digest> {
