@@ -442,71 +442,91 @@ fn populate_direct(task: &Task, template: &Manifest, from: usize, to: usize) -> 
     Ok(())
 }
 
+/// Hit figures at one store size over one sample of distinct keys.
 struct HitLevel {
     entries: usize,
+    /// Distinct keys the warm hits were drawn from.
+    keys: usize,
     warm_us: f64,
     first_us: f64,
 }
 
-/// Times hits at the current store size: first the first hit of each sampled key in this
-/// process (it also writes the key's usage stamp), then `calls` repeated hits over the sample.
+/// `count` distinct entries below `entries` drawn at random over the whole store, those this
+/// process has not used yet first (their hits are first hits), then used ones if there are not
+/// enough new ones. Marks them used.
+fn hit_sample(
+    entries: usize,
+    count: usize,
+    used: &mut [bool],
+    rng: &mut Rng,
+) -> Vec<(usize, bool)> {
+    let count = count.min(entries);
+    let mut fresh: Vec<usize> = (0..entries).filter(|&i| !used[i]).collect();
+    let mut old: Vec<usize> = (0..entries).filter(|&i| used[i]).collect();
+    let mut sample = Vec::with_capacity(count);
+    for (pool, is_fresh) in [(&mut fresh, true), (&mut old, false)] {
+        while sample.len() < count && !pool.is_empty() {
+            let j = rng.below(pool.len());
+            sample.push((pool.swap_remove(j), is_fresh));
+        }
+    }
+    for &(i, _) in &sample {
+        used[i] = true;
+    }
+    sample
+}
+
+/// Times hits at the current store size over `sample` (distinct entries; `true` marks those
+/// this process has not used yet): first one hit of each (for the new ones, the first hit in
+/// this process, which also queues the key's usage stamp), then `calls` hits of keys drawn at
+/// random from the sample, then the steps of the hit path alone over the same keys.
 fn measure_hits(
     task: &Task,
     entries: usize,
+    sample: &[(usize, bool)],
     calls: usize,
-    touched: &mut [bool],
     rng: &mut Rng,
 ) -> Res<HitLevel> {
-    let distinct = calls.min(entries);
-    let mut sample = Vec::with_capacity(distinct);
-    if distinct == entries {
-        sample.extend((0..entries).filter(|&i| !touched[i]));
-        sample.extend((0..entries).filter(|&i| touched[i]));
-    } else {
-        while sample.len() < distinct {
-            let i = rng.below(entries);
-            if !touched[i] {
-                touched[i] = true;
-                sample.push(i);
-            }
-        }
-    }
-    let mut misses = 0usize;
-    let mut hit = |i: usize| -> Res<f64> {
-        let mut missed = false;
+    let misses = std::cell::Cell::new(0usize);
+    let hit = |i: usize| -> Res<f64> {
         let t0 = Instant::now();
         let v: u64 = task.get_or_compute(&hit_args(i), || {
-            missed = true;
+            misses.set(misses.get() + 1);
             Ok::<_, String>(i as u64)
         })?;
         let dt = t0.elapsed().as_secs_f64();
-        misses += missed as usize;
         assert_eq!(v, i as u64);
         Ok(dt)
     };
     let mut first = Vec::new();
-    for &i in &sample {
+    for &(i, fresh) in sample {
         let dt = hit(i)?;
-        if !touched[i] || distinct < entries {
+        if fresh {
             first.push(dt);
         }
     }
-    for &i in &sample {
-        touched[i] = true;
-    }
     let mut warm = Vec::with_capacity(calls);
     for _ in 0..calls {
-        let i = sample[rng.below(sample.len())];
-        warm.push(hit(i)?);
+        warm.push(hit(sample[rng.below(sample.len())].0)?);
     }
-    if misses > 0 {
-        return Err(format!("{misses} of the timed calls missed at {entries} entries").into());
+    if misses.get() > 0 {
+        return Err(format!(
+            "{} of the timed calls missed at {entries} entries",
+            misses.get()
+        )
+        .into());
     }
 
-    // Sub-steps of the hit path, over the same keys (perf-free breakdown).
+    // The hit path step by step, over keys drawn from the same sample (perf-free breakdown):
+    // the key, the manifest's fingerprint (one stat), and the whole hit; the rest of a hit is
+    // the parsed-manifest cache lookup, the checks, decoding the inline value and noting the use.
     let backend = task.store().backend();
-    let keys: Vec<_> = (0..calls.min(5000))
-        .map(|_| task.key(&hit_args(sample[rng.below(sample.len())])))
+    let picks: Vec<usize> = (0..calls.min(5000))
+        .map(|_| sample[rng.below(sample.len())].0)
+        .collect();
+    let keys: Vec<_> = picks
+        .iter()
+        .map(|&i| task.key(&hit_args(i)))
         .collect::<runcache::Result<_>>()?;
     let per = |f: &mut dyn FnMut(usize)| {
         let mut t: Vec<f64> = (0..keys.len())
@@ -519,8 +539,16 @@ fn measure_hits(
         median(&mut t) * 1e6
     };
     let key_us = per(&mut |j| {
-        black_box(task.key(&hit_args(j)).unwrap());
+        black_box(task.key(&hit_args(picks[j])).unwrap());
     });
+    let stat_us = per(&mut |j| {
+        black_box(backend.manifest_fingerprint(&keys[j]).unwrap());
+    });
+    let hit_us = per(&mut |j| {
+        black_box(hit(picks[j]).unwrap());
+    });
+    // What a first hit adds: reading and parsing the manifest, and (off the caller's thread)
+    // writing the usage stamp, a new small file (here for keys of no entry).
     let bytes: Vec<Vec<u8>> = keys
         .iter()
         .map(|k| backend.get_manifest(k).unwrap().unwrap())
@@ -531,33 +559,36 @@ fn measure_hits(
     let parse_us = per(&mut |j| {
         black_box(Manifest::parse(&bytes[j], "m").unwrap());
     });
-    let loc_us = per(&mut |j| {
-        black_box(backend.manifest_location(&keys[j]));
-    });
-    // The usage stamp a first hit writes: a new small file per key (here for keys of no entry).
-    let mut trng = Rng(entries as u64 ^ 0xA5A5_5A5A);
+    let mut trng = Rng(entries as u64 ^ sample.len() as u64 ^ 0xA5A5_5A5A);
     let touch_us = per(&mut |_| {
         let k = runcache::Key(Digest::of(&trng.next().to_le_bytes()));
         backend.touch(&k, 1).unwrap();
     });
 
-    let first_us = median(&mut first) * 1e6;
+    let first_us = if first.is_empty() {
+        f64::NAN
+    } else {
+        median(&mut first) * 1e6
+    };
     let warm_p99 = pct(&mut warm, 0.99) * 1e6;
     let warm_us = median(&mut warm) * 1e6;
     println!(
-        "   {entries:>9} entries: hit median {warm_us:7.1} µs (p99 {warm_p99:7.1} µs) over {calls} calls on {} keys; \
-         first hit in process {first_us:7.1} µs (n={})",
+        "   {entries:>9} entries, {:>5} keys: hit median {warm_us:6.2} µs (p99 {warm_p99:6.1} µs, {calls} calls); \
+         first hit in process {first_us:6.1} µs (n={})",
         sample.len(),
         first.len()
     );
     println!(
-        "             sub-steps (median): compute_key {key_us:.1} µs, read manifest ({} B) {read_us:.1} µs, \
-         parse JSON {parse_us:.1} µs, manifest path string {loc_us:.2} µs; \
-         first hit only: usage stamp write (new file) {touch_us:.1} µs",
+        "             steps (median): compute_key {key_us:.2} µs, fingerprint (stat) {stat_us:.2} µs, \
+         rest of a hit (cache, checks, decode, note use) {:.2} µs of {hit_us:.2} µs; \
+         first hit adds: read manifest ({} B) {read_us:.1} µs, parse JSON {parse_us:.1} µs; \
+         usage stamp write (background thread) {touch_us:.1} µs",
+        (hit_us - key_us - stat_us).max(0.0),
         bytes[0].len()
     );
     Ok(HitLevel {
         entries,
+        keys: sample.len(),
         warm_us,
         first_us,
     })
@@ -569,8 +600,13 @@ fn bench_hits(opts: &Opts, rep: &mut Report) -> Res<()> {
         .filter(|&n| n < opts.max_entries)
         .collect();
     levels.push(opts.max_entries.max(1));
+    // The same number of distinct keys at every size (as many as the smallest store holds), so
+    // that the rows compare store sizes, not working sets; then, at the sizes that hold them,
+    // a larger working set (10^4 keys) to show what a larger hot set costs.
+    let small = levels[0].min(opts.hit_calls).max(1);
+    let large = 10_000.min(opts.hit_calls);
     println!(
-        "\n== 3. hit latency, small args, as the store grows ({:?} entries)",
+        "\n== 3. hit latency, small args, as the store grows ({:?} entries; {small} keys at every size, {large} where the store holds them)",
         levels
     );
     let root = opts.dir.join("hits");
@@ -580,7 +616,7 @@ fn bench_hits(opts: &Opts, rep: &mut Report) -> Res<()> {
     // committed as used, so the measuring handle's first hits all write a usage stamp alike.
     let fill_store = Store::open(root.to_str().ok_or("non-UTF-8 scratch path")?)?;
     let fill_task = fill_store.task(HIT_NS).version("1");
-    let mut touched = vec![false; opts.max_entries.max(1)];
+    let mut used = vec![false; opts.max_entries.max(1)];
     let mut rng = Rng(0x1234_5678_9ABC_DEF1);
     let mut results: Vec<HitLevel> = Vec::new();
     let mut filled = 0;
@@ -629,37 +665,49 @@ fn bench_hits(opts: &Opts, rep: &mut Report) -> Res<()> {
                 mbytes as f64 / MIB as f64
             );
         }
-        results.push(measure_hits(
-            &task,
-            n,
-            opts.hit_calls,
-            &mut touched,
-            &mut rng,
-        )?);
+        let sample = hit_sample(n, small, &mut used, &mut rng);
+        results.push(measure_hits(&task, n, &sample, opts.hit_calls, &mut rng)?);
+        if large > small && n >= large {
+            let sample = hit_sample(n, large, &mut used, &mut rng);
+            results.push(measure_hits(&task, n, &sample, opts.hit_calls, &mut rng)?);
+        }
     }
     let base = &results[0];
+    let large_base = results.iter().find(|r| r.keys == large && large > small);
     for r in &results {
-        let warm_ratio = r.warm_us / base.warm_us;
-        let first_ratio = r.first_us / base.first_us;
-        let is_base = r.entries == base.entries;
-        rep.ratio(
-            format!("3. hit, {} entries", r.entries),
-            format!("{:.1} µs", r.warm_us),
-            format!("{} entries {:.1} µs", base.entries, base.warm_us),
-            warm_ratio,
-            if is_base { "" } else { "<= 1.5x" },
-            (!is_base).then_some(warm_ratio <= 1.5),
-        );
-        rep.ratio(
-            format!("3. first hit in process, {} entries", r.entries),
-            format!("{:.1} µs", r.first_us),
-            format!("{} entries {:.1} µs", base.entries, base.first_us),
-            first_ratio,
-            // Informational: its 10^2 baseline is only 100 usage-stamp writes, made just after
-            // the fill, so it swings with the disk's state (9 µs to 1 ms seen on this machine).
-            if is_base { "" } else { "(info)" },
-            None,
-        );
+        if r.keys == base.keys {
+            let warm_ratio = r.warm_us / base.warm_us;
+            let first_ratio = r.first_us / base.first_us;
+            let is_base = r.entries == base.entries;
+            rep.ratio(
+                format!("3. hit, {} entries ({} keys)", r.entries, r.keys),
+                format!("{:.2} µs", r.warm_us),
+                format!("{} entries {:.2} µs", base.entries, base.warm_us),
+                warm_ratio,
+                if is_base { "" } else { "<= 1.5x" },
+                (!is_base).then_some(warm_ratio <= 1.5),
+            );
+            rep.ratio(
+                format!("3. first hit in process, {} entries", r.entries),
+                format!("{:.1} µs", r.first_us),
+                format!("{} entries {:.1} µs", base.entries, base.first_us),
+                first_ratio,
+                if is_base { "" } else { "<= 1.5x" },
+                (!is_base).then_some(first_ratio <= 1.5),
+            );
+        } else if let Some(lb) = large_base {
+            // Informational: the cost of a larger hot set (CPU caches, kernel dentries and
+            // inodes, the parsed-manifest cache), against the same number of keys at 10^4.
+            let is_base = r.entries == lb.entries;
+            rep.ratio(
+                format!("3. hit, {} entries ({} keys)", r.entries, r.keys),
+                format!("{:.2} µs", r.warm_us),
+                format!("{} entries {:.2} µs", lb.entries, lb.warm_us),
+                r.warm_us / lb.warm_us,
+                if is_base { "" } else { "(info)" },
+                None,
+            );
+        }
     }
     Ok(())
 }
