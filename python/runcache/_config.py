@@ -53,6 +53,8 @@ def configure(**options: Any) -> None:
             _defaults.pop(k, None)
         else:
             _defaults[k] = v
+    # Tasks' native hit paths remember the options they resolved: they resolve them again.
+    _core.config_changed()
 
 
 @contextlib.contextmanager
@@ -96,6 +98,31 @@ def store_location(options: dict[str, Any]) -> str | tuple[str, ...]:
             raise ValueError("store=[] names no location; give at least one path or URL")
         return tuple(_absolute(x) for x in loc)
     return _absolute(loc)
+
+
+def _relative(loc: Any) -> bool:
+    loc = os.fspath(loc)
+    return "://" not in loc and not loc.startswith("/")
+
+
+def hit_settings(options: dict[str, Any]) -> tuple[_core.Store, str, bool, bool, bool]:
+    """What a task's native hit path (`_core.HitPath`) needs from the effective options:
+    ``(store, mode, mmap, from_env, from_cwd)``. The last two say what else the store's
+    location depends on: ``RUNCACHE_STORE`` (no ``store`` option) and the working directory (a
+    relative location); the hit path resolves the options again when either changes."""
+    loc = options.get("store")
+    from_env = loc is None
+    if from_env:
+        loc = os.environ.get("RUNCACHE_STORE") or ".runcache"
+    locs = loc if isinstance(loc, (list, tuple)) else (loc,)
+    from_cwd = any(_relative(x) for x in locs)
+    return (
+        open_store(options),
+        options.get("mode", "cached"),
+        bool(options.get("mmap", True)),
+        from_env,
+        from_cwd,
+    )
 
 
 def open_store(options: dict[str, Any]) -> _core.Store:

@@ -154,6 +154,26 @@ def registered_version(namespace: str) -> str | None:
 # -- blobs (blob.rs) ---------------------------------------------------------------------------
 
 @final
+class HitPath:
+    """A task's hit path as one native call: the stored result of a call the store settles
+    without computing, else the ``miss`` marker (the Python call path then does the rest)."""
+
+    def __init__(
+        self,
+        namespace: str,
+        plan: tuple[list[str], dict[str, Any]] | None,
+        bind: Callable[[tuple[Any, ...], dict[str, Any]], dict[str, Any]],
+        shared: dict[str, Any],
+        options: dict[str, Any],
+        sticky_failures: bool,
+        config: Any,
+        miss: object,
+    ) -> None: ...
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Any: ...
+
+def config_changed() -> None:
+    """Tells the hit paths that the process-wide options changed (called by ``configure()``)."""
+
 class Blob:
     """One stored blob's bytes, read-only, exported through the buffer protocol."""
 

@@ -161,6 +161,10 @@ def _type_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+#: What a task's native hit path returns when it does not settle the call.
+_MISS = object()
+
+
 class _Signature:
     """Binds call arguments to parameter names quickly (no inspect.Signature.bind on the common
     path), fills defaults, and drops ignored parameters."""
@@ -195,9 +199,16 @@ class _Signature:
             p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         }
 
+    def plan(self) -> tuple[list[str], dict[str, Any]] | None:
+        """``(names, defaults)`` when binding needs nothing but names and defaults (what
+        `_core.HitPath` binds natively), else None."""
+        if self.simple and not self.ignore and not self.files:
+            return list(self.names), dict(self.defaults)
+        return None
+
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         if self.simple and len(args) <= len(self.names) and (
-            not kwargs or all(k in self.defaults or k in self.names[len(args):] for k in kwargs)
+            not kwargs or all(k in self.names[len(args):] for k in kwargs)
         ):
             bound = dict(self.defaults)
             bound.update(zip(self.names, args))
@@ -269,6 +280,31 @@ class Task(Generic[R]):
         self._shared = _shared
         if "code" not in _shared:
             self._refresh_code()
+        self._hit = self._hit_path()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The native hit path is rebuilt on arrival (it holds this process's store handles).
+        state = dict(self.__dict__)
+        state.pop("_hit", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._hit = self._hit_path()
+
+    def _hit_path(self) -> Any:
+        """The native hit path of calls with this task's options (see `_core.HitPath`)."""
+        sig: _Signature = self._shared["sig"]
+        return _core.HitPath(
+            self.name,
+            sig.plan(),
+            sig.bind,
+            self._shared,
+            self._options,
+            self._sticky_failures,
+            _config,
+            _MISS,
+        )
 
     def _refresh_code(self) -> None:
         """(Re)computes the source hash and the key version from the function's code as it is
@@ -305,6 +341,7 @@ class Task(Generic[R]):
         view = Task.__new__(Task)
         view.__dict__.update(self.__dict__)
         view._options = {**self._options, **options}
+        view._hit = view._hit_path()
         return view
 
     def _effective(self) -> dict[str, Any]:
@@ -493,6 +530,14 @@ class Task(Generic[R]):
     # -- calling -------------------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
+        value = self._hit(args, kwargs)
+        if value is not _MISS:
+            return value  # type: ignore[no-any-return]
+        return self._call(args, kwargs)
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        """A call the native hit path did not settle: the whole protocol (compute on a miss,
+        re-raise a recorded failure, modes ``force`` and ``off``, the code-change warning)."""
         opts = _config.current(self._options)
         mode = opts.get("mode", "cached")
         if mode == "off":
@@ -644,9 +689,20 @@ def _as_function(t: Any, api: Iterable[str] = _TASK_API) -> Callable[..., Any]:
     an attribute of pydantic models and dataclasses), carrying the task's ``api`` as
     attributes."""
 
-    @functools.wraps(t.fn)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return t(*args, **kwargs)
+    if not hasattr(t, "_hit"):
+
+        @functools.wraps(t.fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return t(*args, **kwargs)
+
+    else:
+        # Task.__call__ inlined: the native hit path first.
+        @functools.wraps(t.fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            value = t._hit(args, kwargs)
+            if value is not _MISS:
+                return value
+            return t._call(args, kwargs)
 
     call.task = t  # type: ignore[attr-defined]
     for attr in api:

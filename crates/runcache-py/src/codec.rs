@@ -7,6 +7,7 @@ use std::borrow::Cow;
 
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList};
 use runcache::manifest::{BlobRef, Manifest};
 use runcache::{Error, Key, Result, Store, ValueCodec};
@@ -96,9 +97,14 @@ impl ValueCodec<Outcome> for PickleCodec {
 
     fn decode(&self, store: &Store, manifest: &Manifest) -> Result<Outcome> {
         let stream = store.read_role(manifest, "pickle", ENCODING, "Python object")?;
-        let buffers: Vec<&BlobRef> = (0..)
-            .map_while(|i| manifest.blob(&format!("buffer:{i}")))
-            .collect();
+        // Most results have no out-of-band buffer: no names to format then.
+        let buffers: Vec<&BlobRef> = if manifest.blobs.len() > 1 {
+            (0..)
+                .map_while(|i| manifest.blob(&format!("buffer:{i}")))
+                .collect()
+        } else {
+            Vec::new()
+        };
         load_pickled(store, &manifest.key, stream, &buffers, self.mmap)
     }
 }
@@ -126,15 +132,23 @@ pub fn load_pickled(
         })
 }
 
+/// `pickle.loads`, looked up once.
+static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
 fn unpickle(py: Python<'_>, stream: &[u8], blobs: Vec<Blob>) -> PyResult<Py<PyAny>> {
+    let loads = LOADS.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        Ok(py.import("pickle")?.getattr("loads")?.unbind())
+    })?;
+    let stream = PyBytes::new(py, stream);
+    if blobs.is_empty() {
+        // The common small result: no out-of-band buffers, no keyword arguments.
+        return loads.call1(py, (stream,));
+    }
     let buffers = PyList::empty(py);
     for b in blobs {
         buffers.append(Py::new(py, b)?)?;
     }
     let kwargs = pyo3::types::PyDict::new(py);
     kwargs.set_item("buffers", buffers)?;
-    let value =
-        py.import("pickle")?
-            .call_method("loads", (PyBytes::new(py, stream),), Some(&kwargs))?;
-    Ok(value.unbind())
+    loads.call(py, (stream,), Some(&kwargs))
 }

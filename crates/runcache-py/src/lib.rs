@@ -10,6 +10,7 @@ mod cli;
 mod codec;
 mod errors;
 mod hash;
+mod hit;
 mod run;
 mod store;
 
@@ -27,6 +28,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("KEY_FORMAT_VERSION", runcache::key::KEY_FORMAT_VERSION)?;
     m.add_class::<store::Store>()?;
     m.add_class::<blob::Blob>()?;
+    m.add_class::<hit::HitPath>()?;
+    m.add_function(wrap_pyfunction!(hit::config_changed, m)?)?;
     m.add_function(wrap_pyfunction!(batch::call_batch, m)?)?;
     m.add_function(wrap_pyfunction!(store::register_version, m)?)?;
     m.add_function(wrap_pyfunction!(store::registered_version, m)?)?;

@@ -90,7 +90,7 @@ pub fn registered_version(namespace: &str) -> Option<String> {
 
 /// Why a completed entry is stale, if a dependency's registered version differs from the one it
 /// used.
-fn stale_dependency(m: &Manifest) -> Option<String> {
+pub(crate) fn stale_dependency(m: &Manifest) -> Option<String> {
     if m.dependencies.is_empty() {
         return None;
     }

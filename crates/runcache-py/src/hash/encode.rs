@@ -431,6 +431,31 @@ impl<'py> Encoder<'py> {
         Ok(())
     }
 
+    /// A MAP of argument names to values: the same bytes (and error paths) as [`Encoder::value`]
+    /// of the dict `{name: value}`, without building the dict.
+    pub(crate) fn named(
+        &mut self,
+        names: &[Bound<'py, PyString>],
+        values: &[Bound<'py, PyAny>],
+    ) -> R {
+        self.enter()?;
+        let pos = c::begin_map(&mut self.out);
+        let mut entries: Vec<c::MapEntry> = Vec::with_capacity(names.len());
+        for (name, v) in names.iter().zip(values) {
+            let start = self.out.len();
+            self.str(name)?;
+            let key_end = self.out.len();
+            if let Err(e) = self.value(v) {
+                return Err(e.at(Seg::Key(name.clone().into_any().unbind())));
+            }
+            entries.push((start, key_end, self.out.len()));
+        }
+        c::end_map(&mut self.out, pos, &mut entries)
+            .map_err(|dup| EncErr::new(ErrKind::DuplicateKey(c::render(&dup.0))))?;
+        self.leave();
+        Ok(())
+    }
+
     /// A MAP of string keys (attribute names) to values, e.g. dataclass fields.
     fn fields<I>(&mut self, items: I) -> R
     where

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyString};
 
 use runcache::key::{compute_key_from_canonical_args, Key, KEY_FORMAT_VERSION};
 use runcache::Digest;
@@ -28,6 +28,21 @@ use encode::Encoder;
 pub(crate) fn encode_args_py(py: Python<'_>, args: &Bound<'_, PyDict>) -> PyResult<Vec<u8>> {
     let mut enc = Encoder::new(py, Vec::with_capacity(128));
     enc.value(args.as_any())
+        .map_err(|e| e.into_pyerr(py, None))?;
+    Ok(enc.out)
+}
+
+/// [`encode_args_py`] of the arguments given as parallel lists of names and values (a task's
+/// bound parameters), without building the dict.
+/// The canonical bytes are appended to `out` (e.g. a key prefix).
+pub(crate) fn encode_named_args_py<'py>(
+    py: Python<'py>,
+    out: Vec<u8>,
+    names: &[Bound<'py, PyString>],
+    values: &[Bound<'py, PyAny>],
+) -> PyResult<Vec<u8>> {
+    let mut enc = Encoder::new(py, out);
+    enc.named(names, values)
         .map_err(|e| e.into_pyerr(py, None))?;
     Ok(enc.out)
 }

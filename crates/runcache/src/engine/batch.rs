@@ -186,7 +186,7 @@ impl Task {
             }
         }
         for key in keys {
-            context::record_dependency(Dependency {
+            context::record_dependency(|| Dependency {
                 namespace: self.namespace.clone(),
                 version: self.version.clone(),
                 key: *key,

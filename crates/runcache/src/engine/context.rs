@@ -117,10 +117,12 @@ pub(crate) fn pop_frame() -> Vec<Dependency> {
     DEPENDENCY_FRAMES.with(|f| f.borrow_mut().pop().unwrap_or_default())
 }
 
-/// Records that the running computation (if any) used this entry.
-pub(crate) fn record_dependency(dep: Dependency) {
+/// Records that the running computation (if any) used the entry `dep()` names; `dep` is only
+/// called when a computation is running (a hit outside one allocates nothing).
+pub(crate) fn record_dependency(dep: impl FnOnce() -> Dependency) {
     DEPENDENCY_FRAMES.with(|f| {
         if let Some(top) = f.borrow_mut().last_mut() {
+            let dep = dep();
             if !top.contains(&dep) {
                 top.push(dep);
             }

@@ -279,12 +279,32 @@ impl Task {
             return run_uncached(&self.namespace, f);
         }
         let value = self.resolve_key(key, doc, f, codec)?;
-        context::record_dependency(Dependency {
+        context::record_dependency(|| Dependency {
             namespace: self.namespace.clone(),
             version: self.version.clone(),
             key,
         });
         Ok(value)
+    }
+
+    /// The hit half of [`Task::get_or_compute_keyed`]: the stored value of `key` if the store
+    /// settles the call without computing (a completed, valid entry, judged by mode and
+    /// validator exactly as there), else `None`, having taken no lease and changed nothing.
+    /// A hit is recorded as a dependency like any other. Callers fall back to
+    /// `get_or_compute_keyed` on `None`; language bindings use this as their fast path.
+    pub fn try_hit_keyed<T>(&self, key: Key, codec: &dyn ValueCodec<T>) -> Result<Option<T>> {
+        if matches!(self.mode, Mode::Off | Mode::Force) {
+            return Ok(None);
+        }
+        let Check::Hit(value) = self.check(&key, codec)? else {
+            return Ok(None);
+        };
+        context::record_dependency(|| Dependency {
+            namespace: self.namespace.clone(),
+            version: self.version.clone(),
+            key,
+        });
+        Ok(Some(value))
     }
 
     fn resolve_key<T, F>(

@@ -179,13 +179,33 @@ pub fn encode_canonical<A: Serialize + ?Sized>(value: &A) -> Result<Vec<u8>> {
 /// The full bytes that are hashed into a key: [`KEY_DOMAIN`], [`KEY_FORMAT_VERSION`] (u32 LE),
 /// the namespace and version (as canonical strings), then the canonical arguments.
 fn key_bytes<A: Serialize + ?Sized>(namespace: &str, version: &str, args: &A) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(128);
+    let mut out = key_prefix(namespace, version);
+    encode::encode_into(&mut out, args).map_err(|e| e.into_error("args"))?;
+    Ok(out)
+}
+
+/// What every key of `namespace` at `version` hashes before the canonical arguments:
+/// [`KEY_DOMAIN`], [`KEY_FORMAT_VERSION`] (u32 LE), then the namespace and version as canonical
+/// strings. A caller that keys many calls of one task can write each call's canonical arguments
+/// after a copy of it and take [`key_of_prefixed`].
+pub fn key_prefix(namespace: &str, version: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + namespace.len() + version.len());
     out.extend_from_slice(KEY_DOMAIN);
     out.extend_from_slice(&KEY_FORMAT_VERSION.to_le_bytes());
     encode::write_str(&mut out, namespace);
     encode::write_str(&mut out, version);
-    encode::encode_into(&mut out, args).map_err(|e| e.into_error("args"))?;
-    Ok(out)
+    out
+}
+
+/// The key of `prefixed`: a [`key_prefix`] followed by one complete canonical value (not
+/// validated). Equal to [`compute_key_from_canonical_args`] of the same parts.
+pub fn key_of_prefixed(prefixed: &[u8]) -> Key {
+    if prefixed.len() >= crate::digest::PARALLEL_HASH_THRESHOLD {
+        Key(Digest::of(prefixed))
+    } else {
+        // One call: no incremental hasher to set up for the common few-hundred-byte key.
+        Key(Digest::of_single_threaded(prefixed))
+    }
 }
 
 /// Computes the key of `args` for a task: BLAKE3 (256 bits) over the domain prefix, the key
@@ -209,13 +229,7 @@ pub fn compute_key<A: Serialize + ?Sized>(namespace: &str, version: &str, args: 
 /// `args` must be one complete canonical value (it is not validated).
 pub fn compute_key_from_canonical_args(namespace: &str, version: &str, args: &[u8]) -> Key {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(KEY_DOMAIN);
-    hasher.update(&KEY_FORMAT_VERSION.to_le_bytes());
-    for s in [namespace, version] {
-        hasher.update(&[encode::TAG_STR]);
-        hasher.update(&(s.len() as u64).to_le_bytes());
-        hasher.update(s.as_bytes());
-    }
+    hasher.update(&key_prefix(namespace, version));
     if args.len() >= crate::digest::PARALLEL_HASH_THRESHOLD {
         hasher.update_rayon(args);
     } else {
@@ -267,6 +281,21 @@ mod tests {
 
     fn serde_bytes_like(b: &[u8]) -> RawBytes<'_> {
         RawBytes(b)
+    }
+
+    #[test]
+    fn prefixed_keys_equal_keys() {
+        let args = encode_canonical(&(7u64, "small")).unwrap();
+        let mut prefixed = key_prefix("ns", "3");
+        prefixed.extend_from_slice(&args);
+        assert_eq!(
+            key_of_prefixed(&prefixed),
+            compute_key_from_canonical_args("ns", "3", &args)
+        );
+        assert_eq!(
+            key_of_prefixed(&prefixed),
+            compute_key("ns", "3", &(7u64, "small")).unwrap()
+        );
     }
 
     #[test]

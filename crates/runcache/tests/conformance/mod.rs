@@ -34,6 +34,7 @@ pub fn run_all(open: Factory<'_>) {
     blobs_are_deduplicated(open());
     failures_are_recorded_and_retried(open());
     modes_behave(open());
+    try_hit_settles_only_what_a_call_would_load(open());
     truncated_blob_is_a_miss(open());
     bit_flipped_blob_is_a_miss(open());
     missing_blob_is_a_miss(open());
@@ -219,6 +220,71 @@ pub fn modes_behave(store: Store) {
         .unwrap_err()
         .to_string()
         .contains("cached, force"));
+}
+
+/// `try_hit_keyed` (the bindings' fast path) returns exactly the hits of `get_or_compute_keyed`
+/// and leaves everything else (a miss, a failure, force, off, a damaged entry) to it, having
+/// written nothing.
+pub fn try_hit_settles_only_what_a_call_would_load(store: Store) {
+    let t = store.task("conf.try_hit").mode(Mode::Retry);
+    let key = |v: u32| t.key(&v).unwrap();
+    let doc = || Ok(serde_json::json!({}));
+    assert_eq!(t.try_hit_keyed(key(1), &Raw).unwrap(), None, "a miss");
+    assert!(
+        store.manifest(&key(1)).unwrap().is_none(),
+        "nothing written"
+    );
+    let v = t
+        .get_or_compute_keyed(key(1), &doc, &Raw, |_| Ok(b"one".to_vec()))
+        .unwrap();
+    assert_eq!(v, b"one");
+    assert_eq!(
+        t.try_hit_keyed(key(1), &Raw).unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
+    let read_only = t.clone().mode(Mode::ReadOnly);
+    assert_eq!(
+        read_only.try_hit_keyed(key(1), &Raw).unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
+    for mode in [Mode::Force, Mode::Off] {
+        assert_eq!(
+            t.clone().mode(mode).try_hit_keyed(key(1), &Raw).unwrap(),
+            None
+        );
+    }
+    let failed = t.get_or_compute_keyed(key(2), &doc, &Raw, |_| {
+        Err(Failure {
+            error_type: "E".into(),
+            message: "no".into(),
+            ..Default::default()
+        })
+    });
+    assert!(failed.is_err());
+    for mode in [Mode::Cached, Mode::Retry] {
+        assert_eq!(
+            t.clone().mode(mode).try_hit_keyed(key(2), &Raw).unwrap(),
+            None,
+            "{mode:?}"
+        );
+    }
+    let stale = t
+        .clone()
+        .validator(std::sync::Arc::new(|_: &Manifest| Some("stale".into())));
+    assert_eq!(
+        stale.try_hit_keyed(key(1), &Raw).unwrap(),
+        None,
+        "a stale entry"
+    );
+    store
+        .backend()
+        .put_manifest(&key(1), b"{ not json", true)
+        .unwrap();
+    assert_eq!(
+        t.try_hit_keyed(key(1), &Raw).unwrap(),
+        None,
+        "a damaged manifest"
+    );
 }
 
 /// Overwrites the value blob of `task`'s entry for `arg` with `bytes`; returns the digest.

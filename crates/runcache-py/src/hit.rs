@@ -1,0 +1,354 @@
+//! `runcache._core.HitPath`: a task's hit path as one native call. `Task.__call__` asks it
+//! first; it returns the stored result when the store settles the call without computing, and
+//! the task's `miss` marker otherwise (a miss, a failure, mode `force` or `off`, code replaced
+//! in place, a first use of a result from other code), after which the Python call path does
+//! everything as before. So the hit path only has to be fast, never complete.
+//!
+//! What it saves over the Python path: arguments are bound with a plan made once per task (no
+//! dict), the options are resolved once per configuration (not per call) and the engine task is
+//! built once per store, version and mode.
+
+use std::cell::Cell;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
+use runcache::manifest::Manifest;
+use runcache::Mode;
+
+use crate::codec::PickleCodec;
+use crate::errors::to_py;
+use crate::hash::{encode_args_py, encode_named_args_py};
+use crate::store::{stale_dependency, Store};
+
+/// Bumped by `runcache.configure()`: every hit path resolves its options again.
+static CONFIG_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Set by a hit path's validator when the entry was computed by other source code.
+    static CODE_CHANGED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Tells the hit paths that the process-wide options changed (called by `configure()`).
+#[pyfunction]
+pub fn config_changed() {
+    CONFIG_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How the call arguments of a task with a plain signature (positional-or-keyword parameters
+/// only, none ignored, none a file) become its named parameters.
+struct ArgPlan {
+    names: Vec<Py<PyString>>,
+    /// Each parameter's default, if it has one.
+    defaults: Vec<Option<Py<PyAny>>>,
+}
+
+/// The options of one configuration, resolved.
+struct Resolved {
+    generation: u64,
+    /// None: the mode is never served here (`force`, `off`).
+    mode: Option<Mode>,
+    mmap: bool,
+    store: Py<Store>,
+    /// `RUNCACHE_STORE` as it was, when the location comes from it.
+    env: Option<Option<OsString>>,
+    /// The working directory as it was, when the location is relative.
+    cwd: Option<PathBuf>,
+    task: Option<Arc<CachedTask>>,
+}
+
+/// The engine task for one store, key version and source hash, and the key prefix of that
+/// namespace and version.
+struct CachedTask {
+    key_version: Py<PyAny>,
+    source_hash: Py<PyAny>,
+    task: runcache::Task,
+    prefix: Vec<u8>,
+}
+
+/// A task's native hit path; see the module documentation.
+#[pyclass(frozen, module = "runcache._core")]
+pub struct HitPath {
+    namespace: String,
+    plan: Option<ArgPlan>,
+    /// `_Signature.bind`: binds arguments the plan does not cover (and raises the usual
+    /// TypeError for a wrong call).
+    bind: Py<PyAny>,
+    /// The task's shared state (`code_owner`, `code`, `key_version`, `source_hash`,
+    /// `warned_code`), read on every call so a refreshed task is seen at once.
+    shared: Py<PyDict>,
+    options: Py<PyDict>,
+    sticky_failures: bool,
+    /// The `contextvars.ContextVar` of `runcache.config(...)` overrides.
+    overrides: Py<PyAny>,
+    /// `runcache._config.current` and `runcache._config.hit_settings`.
+    current: Py<PyAny>,
+    settings: Py<PyAny>,
+    miss: Py<PyAny>,
+    resolved: Mutex<Option<Resolved>>,
+}
+
+#[pymethods]
+impl HitPath {
+    /// `plan` is `(names, defaults)` for a plain signature (defaults: a dict of the parameters
+    /// that have one), or None to bind every call with `bind(args, kwargs)`.
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        namespace: String,
+        plan: Option<(Vec<Py<PyString>>, Bound<'_, PyDict>)>,
+        bind: Py<PyAny>,
+        shared: Py<PyDict>,
+        options: Py<PyDict>,
+        sticky_failures: bool,
+        config: Bound<'_, PyAny>,
+        miss: Py<PyAny>,
+    ) -> PyResult<Self> {
+        let plan = match plan {
+            None => None,
+            Some((names, defaults)) => {
+                let defaults = names
+                    .iter()
+                    .map(|n| Ok(defaults.get_item(n.bind(py))?.map(Bound::unbind)))
+                    .collect::<PyResult<_>>()?;
+                Some(ArgPlan { names, defaults })
+            }
+        };
+        Ok(HitPath {
+            namespace,
+            plan,
+            bind,
+            shared,
+            options,
+            sticky_failures,
+            overrides: config.getattr("_overrides")?.unbind(),
+            current: config.getattr("current")?.unbind(),
+            settings: config.getattr("hit_settings")?.unbind(),
+            miss,
+            resolved: Mutex::new(None),
+        })
+    }
+
+    /// The stored result of calling the task with `args` and `kwargs`, or the miss marker.
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let shared = self.shared.bind(py);
+        if !self.code_unchanged(shared)? {
+            return Ok(self.miss.clone_ref(py));
+        }
+        let key_version = item(shared, intern!(py, "key_version"))?;
+        let source_hash = item(shared, intern!(py, "source_hash"))?;
+        let Some((cached, mmap)) = self.engine_task(py, &key_version, &source_hash)? else {
+            return Ok(self.miss.clone_ref(py));
+        };
+        let Some(prefixed) = self.encode(py, &cached.prefix, args, kwargs)? else {
+            return Ok(self.miss.clone_ref(py));
+        };
+        let key = runcache::key::key_of_prefixed(&prefixed);
+        let codec = PickleCodec { mmap };
+        CODE_CHANGED.set(false);
+        let hit = py
+            .detach(|| cached.task.try_hit_keyed(key, &codec))
+            .map_err(to_py)?;
+        match hit {
+            // The first use of a result computed by other code goes the Python way, which
+            // warns once.
+            Some(_)
+                if CODE_CHANGED.get()
+                    && !item(shared, intern!(py, "warned_code"))?.is_truthy()? =>
+            {
+                Ok(self.miss.clone_ref(py))
+            }
+            Some(outcome) => Ok(outcome.value),
+            None => Ok(self.miss.clone_ref(py)),
+        }
+    }
+}
+
+fn item<'py>(d: &Bound<'py, PyDict>, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+    d.get_item(name)?
+        .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(format!("task state lacks {name}")))
+}
+
+impl HitPath {
+    /// False when the function's `__code__` was replaced since the task last looked (the
+    /// Python path refreshes the source hash and key version).
+    fn code_unchanged(&self, shared: &Bound<'_, PyDict>) -> PyResult<bool> {
+        let py = shared.py();
+        let owner = item(shared, intern!(py, "code_owner"))?;
+        if owner.is_none() {
+            return Ok(true);
+        }
+        let code = owner.getattr(intern!(py, "__code__"))?;
+        Ok(code.is(&item(shared, intern!(py, "code"))?))
+    }
+
+    /// `prefix` followed by the canonical bytes of the bound arguments; None when the plan
+    /// cannot bind this call (the Python path binds it, or raises the TypeError).
+    fn encode(
+        &self,
+        py: Python<'_>,
+        prefix: &[u8],
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Option<Vec<u8>>> {
+        let mut out = Vec::with_capacity(prefix.len() + 96);
+        out.extend_from_slice(prefix);
+        let Some(plan) = &self.plan else {
+            let bound = self.bind.bind(py).call1((args, kwargs))?;
+            out.extend_from_slice(&encode_args_py(py, bound.cast::<PyDict>()?)?);
+            return Ok(Some(out));
+        };
+        let n = plan.names.len();
+        if args.len() > n {
+            return Ok(None);
+        }
+        let mut values: Vec<Option<Bound<'_, PyAny>>> = args.iter().map(Some).collect();
+        values.resize(n, None);
+        if let Some(kw) = kwargs {
+            for (k, v) in kw.iter() {
+                let Some(i) = plan
+                    .names
+                    .iter()
+                    .position(|name| name.bind(py).as_any().eq(&k).unwrap_or(false))
+                else {
+                    return Ok(None);
+                };
+                if values[i].is_some() {
+                    return Ok(None);
+                }
+                values[i] = Some(v);
+            }
+        }
+        let mut filled = Vec::with_capacity(n);
+        for (v, default) in values.into_iter().zip(&plan.defaults) {
+            match v.or_else(|| default.as_ref().map(|d| d.bind(py).clone())) {
+                Some(v) => filled.push(v),
+                None => return Ok(None),
+            }
+        }
+        let names: Vec<Bound<'_, PyString>> =
+            plan.names.iter().map(|n| n.bind(py).clone()).collect();
+        encode_named_args_py(py, out, &names, &filled).map(Some)
+    }
+
+    /// The engine task for this call and whether to map large buffers, or None when the call
+    /// is not served here (its mode). Options are resolved again when the process-wide ones,
+    /// `RUNCACHE_STORE` or the working directory (where they matter) changed; with
+    /// `runcache.config(...)` overrides active, on every call.
+    fn engine_task(
+        &self,
+        py: Python<'_>,
+        key_version: &Bound<'_, PyAny>,
+        source_hash: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<(Arc<CachedTask>, bool)>> {
+        let mut slot = self.resolved.lock().unwrap();
+        if !self.overrides_active(py)? {
+            let generation = CONFIG_GENERATION.load(Ordering::Relaxed);
+            let current = slot.as_ref().is_some_and(|r| {
+                r.generation == generation
+                    && r.env
+                        .as_ref()
+                        .is_none_or(|e| *e == std::env::var_os("RUNCACHE_STORE"))
+                    && r.cwd
+                        .as_ref()
+                        .is_none_or(|c| std::env::current_dir().ok().as_ref() == Some(c))
+            });
+            if !current {
+                *slot = Some(self.resolve(py, generation)?);
+            }
+        } else {
+            *slot = Some(self.resolve(py, u64::MAX)?);
+        }
+        let r = slot.as_mut().expect("resolved above");
+        let Some(mode) = r.mode else {
+            return Ok(None);
+        };
+        let fresh = r.task.as_ref().is_some_and(|t| {
+            t.key_version.bind(py).is(key_version) && t.source_hash.bind(py).is(source_hash)
+        });
+        if !fresh {
+            let source: Option<String> = source_hash.extract()?;
+            let version: String = key_version.extract()?;
+            let prefix = runcache::key::key_prefix(&self.namespace, &version);
+            let task = r
+                .store
+                .get()
+                .engine()
+                .task(self.namespace.clone())
+                .version(version)
+                .mode(mode)
+                .validator(Arc::new(move |m: &Manifest| {
+                    if let (Some(now), Some(then)) = (
+                        source.as_deref(),
+                        m.metadata.get("source_hash").and_then(|v| v.as_str()),
+                    ) {
+                        if now != then {
+                            CODE_CHANGED.set(true);
+                        }
+                    }
+                    stale_dependency(m)
+                }));
+            r.task = Some(Arc::new(CachedTask {
+                key_version: key_version.clone().unbind(),
+                source_hash: source_hash.clone().unbind(),
+                task,
+                prefix,
+            }));
+        }
+        Ok(Some((r.task.clone().expect("set above"), r.mmap)))
+    }
+
+    /// Whether `runcache.config(...)` overrides apply in the current context.
+    fn overrides_active(&self, py: Python<'_>) -> PyResult<bool> {
+        let mut value: *mut pyo3::ffi::PyObject = std::ptr::null_mut();
+        // SAFETY: `overrides` is a ContextVar (with a default, so `value` is set on success);
+        // the GIL is held; the new reference returned in `value` is owned by `Bound`.
+        let value = unsafe {
+            if pyo3::ffi::PyContextVar_Get(
+                self.overrides.as_ptr(),
+                std::ptr::null_mut(),
+                &mut value,
+            ) < 0
+            {
+                return Err(PyErr::fetch(py));
+            }
+            Bound::from_owned_ptr(py, value)
+        };
+        value.is_truthy()
+    }
+
+    /// Resolves the effective options of a call through `runcache._config`.
+    fn resolve(&self, py: Python<'_>, generation: u64) -> PyResult<Resolved> {
+        let effective = self.current.bind(py).call1((self.options.bind(py),))?;
+        let (store, mode, mmap, from_env, from_cwd): (Py<Store>, String, bool, bool, bool) =
+            self.settings.bind(py).call1((effective,))?.extract()?;
+        let mode = match mode.parse::<Mode>().map_err(to_py)? {
+            Mode::Cached if !self.sticky_failures => Some(Mode::Retry),
+            Mode::Force | Mode::Off => None,
+            m => Some(m),
+        };
+        Ok(Resolved {
+            generation,
+            mode,
+            mmap,
+            store,
+            env: from_env.then(|| std::env::var_os("RUNCACHE_STORE")),
+            cwd: if from_cwd {
+                Some(std::env::current_dir()?)
+            } else {
+                None
+            },
+            task: None,
+        })
+    }
+}
