@@ -210,6 +210,33 @@ def test_large_non_contiguous_arrays_are_hashed_in_slabs():
     assert digest(v) != digest(c[:, :-1])
 
 
+def test_hashing_a_large_non_contiguous_array_copies_a_bounded_amount():
+    # A 200 MiB strided view is hashed without a whole C-order copy: the peak of numpy's
+    # allocations (tracked by tracemalloc) stays around one slab, whatever the layout, including
+    # one row larger than a slab and a leading axis of length 1. Each key is its copy's key.
+    import tracemalloc
+
+    base = np.ones((1600, 32768), dtype=np.float64)  # 400 MiB
+    base[::7, ::5] = 3.0
+    views = {
+        "every other column": base[:, ::2],  # 200 MiB, rows of 128 KiB
+        "transposed": base[:, ::2].T,  # rows are strided columns
+        "one huge row": base.reshape(1, -1)[:, ::2],  # a single 200 MiB row
+        "rows above a slab": base.reshape(8, -1)[:, ::2],  # 8 rows of 25 MiB
+    }
+    for name, v in views.items():
+        assert not v.flags.c_contiguous, name
+        assert v.nbytes == 200 << 20, name
+        tracemalloc.start()
+        try:
+            d = digest(v)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 48 << 20, f"{name}: peak {peak >> 20} MiB while hashing"
+        assert d == digest(np.ascontiguousarray(v)), name
+
+
 def test_array_content_changes_the_key():
     a = np.zeros(1000)
     before = digest(a)

@@ -887,16 +887,45 @@ impl<'py> Encoder<'py> {
         // array is copied and hashed in slabs along its first axis (the C-order bytes of the
         // whole are the slabs' C-order bytes one after the other), so memory stays bounded.
         let nbytes: usize = arr.getattr(intern!(py, "nbytes"))?.extract()?;
-        let shape: Vec<usize> = arr.getattr(intern!(py, "shape"))?.extract()?;
-        let rows = shape.first().copied().unwrap_or(0);
-        if nbytes <= 2 * SLAB_BYTES || rows < 2 {
+        if nbytes <= 2 * SLAB_BYTES {
             let buf = RawBuf::simple(&c_order_bytes(arr)?)?;
             let d = digest_of(py, buf.bytes());
             c::write_digest(&mut self.out, buf.bytes().len() as u64, &d);
             return Ok(());
         }
-        let per_slab = (SLAB_BYTES / (nbytes / rows)).max(1);
         let mut hasher = StreamHasher::new();
+        self.hash_in_slabs(arr, nbytes, &mut hasher)?;
+        c::write_digest(&mut self.out, hasher.len(), &hasher.finish());
+        Ok(())
+    }
+
+    /// Feeds the C-order bytes of `arr` (`nbytes` long) to `hasher`, copying at most about
+    /// [`SLAB_BYTES`] at a time: runs of whole rows along the first axis, or, when one row is
+    /// larger than a slab (or there is a single row), each row in turn, recursively.
+    fn hash_in_slabs(
+        &mut self,
+        arr: &Bound<'py, PyAny>,
+        nbytes: usize,
+        hasher: &mut StreamHasher,
+    ) -> R {
+        let py = self.py;
+        let shape: Vec<usize> = arr.getattr(intern!(py, "shape"))?.extract()?;
+        let rows = shape.first().copied().unwrap_or(0);
+        if nbytes <= SLAB_BYTES || (shape.len() < 2 && rows < 2) {
+            let buf = RawBuf::simple(&c_order_bytes(arr)?)?;
+            let bytes = buf.bytes();
+            py.detach(|| hasher.update(bytes));
+            return Ok(());
+        }
+        let row_bytes = nbytes / rows;
+        if row_bytes > SLAB_BYTES && shape.len() >= 2 {
+            for i in 0..rows {
+                let row = arr.get_item(i)?;
+                self.hash_in_slabs(&row, row_bytes, hasher)?;
+            }
+            return Ok(());
+        }
+        let per_slab = (SLAB_BYTES / row_bytes.max(1)).max(1);
         let mut start = 0;
         while start < rows {
             let end = (start + per_slab).min(rows);
@@ -906,7 +935,6 @@ impl<'py> Encoder<'py> {
             py.detach(|| hasher.update(bytes));
             start = end;
         }
-        c::write_digest(&mut self.out, hasher.len(), &hasher.finish());
         Ok(())
     }
 
