@@ -20,12 +20,12 @@ impl Digest {
 
     /// Hashes a buffer without copying it; large buffers use all cores.
     pub fn of(data: &[u8]) -> Self {
-        let mut hasher = blake3::Hasher::new();
-        if data.len() >= PARALLEL_HASH_THRESHOLD {
-            hasher.update_rayon(data);
-        } else {
-            hasher.update(data);
+        if data.len() < PARALLEL_HASH_THRESHOLD {
+            // One call, no incremental hasher: most digests taken are of small values.
+            return Self::of_single_threaded(data);
         }
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_rayon(data);
         Digest(*hasher.finalize().as_bytes())
     }
 

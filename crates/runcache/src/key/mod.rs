@@ -200,12 +200,7 @@ pub fn key_prefix(namespace: &str, version: &str) -> Vec<u8> {
 /// The key of `prefixed`: a [`key_prefix`] followed by one complete canonical value (not
 /// validated). Equal to [`compute_key_from_canonical_args`] of the same parts.
 pub fn key_of_prefixed(prefixed: &[u8]) -> Key {
-    if prefixed.len() >= crate::digest::PARALLEL_HASH_THRESHOLD {
-        Key(Digest::of(prefixed))
-    } else {
-        // One call: no incremental hasher to set up for the common few-hundred-byte key.
-        Key(Digest::of_single_threaded(prefixed))
-    }
+    Key(Digest::of(prefixed))
 }
 
 /// Computes the key of `args` for a task: BLAKE3 (256 bits) over the domain prefix, the key
