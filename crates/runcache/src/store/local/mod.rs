@@ -21,6 +21,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,6 +58,9 @@ pub struct LocalBackend {
     sharing: Option<Sharing>,
     /// Whether `blob_path` hands out the blob files (mapping, verify-once reads).
     files: bool,
+    /// `<root>/manifests/` as bytes: the prefix of every manifest path, so that a hit's stat
+    /// path is assembled on the stack without allocating (see `manifest_fingerprint`).
+    manifests_prefix: Vec<u8>,
 }
 
 impl LocalBackend {
@@ -66,12 +70,15 @@ impl LocalBackend {
         let root = root.into();
         let sharing = check_or_create_marker(&root)?.sharing();
         let leases = Arc::new(FsLeases::new(root.join("leases")).shared(sharing));
+        let mut manifests_prefix = root.join("manifests").into_os_string().into_vec();
+        manifests_prefix.push(b'/');
         Ok(LocalBackend {
             root,
             sync,
             leases,
             sharing,
             files: true,
+            manifests_prefix,
         })
     }
 
@@ -104,6 +111,23 @@ impl LocalBackend {
 
     fn used_file(&self, k: &Key) -> PathBuf {
         sharded(&self.root.join("used"), &k.to_hex(), "")
+    }
+
+    /// [`Backend::manifest_fingerprint`] through `fs::metadata` (paths too long for the stack
+    /// buffer).
+    fn manifest_fingerprint_std(&self, key: &Key) -> Result<Option<[u64; 5]>> {
+        let path = self.manifest_file(key);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some([
+                m.dev(),
+                m.ino(),
+                m.size(),
+                (m.mtime() as u64).wrapping_mul(1_000_000_000) ^ m.mtime_nsec() as u64,
+                (m.ctime() as u64).wrapping_mul(1_000_000_000) ^ m.ctime_nsec() as u64,
+            ])),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
     }
 
     /// `records/<kind>`; the caller has checked `kind`.
@@ -168,6 +192,23 @@ fn seal(f: &File) -> io::Result<()> {
     f.set_permissions(fs::Permissions::from_mode(mode & 0o7555 & !0o222))
 }
 
+/// The manifest path of `key` (`<prefix>ab/<64 hex>.json`, `prefix` ending in `/`) as a
+/// NUL-terminated string in `buf`, or `None` if it does not fit or `prefix` holds a NUL.
+fn manifest_c_path<'b>(prefix: &[u8], key: &Key, buf: &'b mut [u8]) -> Option<&'b std::ffi::CStr> {
+    let n = prefix.len();
+    let end = n + 3 + 64 + ".json".len();
+    if end >= buf.len() || prefix.contains(&0) {
+        return None;
+    }
+    buf[..n].copy_from_slice(prefix);
+    hex::encode_to_slice(key.0.as_bytes(), &mut buf[n + 3..n + 67]).expect("64 digits fit");
+    buf.copy_within(n + 3..n + 5, n);
+    buf[n + 2] = b'/';
+    buf[n + 67..end].copy_from_slice(b".json");
+    buf[end] = 0;
+    std::ffi::CStr::from_bytes_with_nul(&buf[..=end]).ok()
+}
+
 /// `base/ab/<hex><suffix>`.
 fn sharded(base: &Path, hex: &str, suffix: &str) -> PathBuf {
     base.join(&hex[..2]).join(format!("{hex}{suffix}"))
@@ -218,6 +259,30 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
         });
     }
     Ok(Some(out))
+}
+
+/// Writes a usage stamp: creates the file, or overwrites an existing one in place (shortening
+/// it only if the old text was longer). Never truncates it to zero first, as `fs::write` does:
+/// ext4 flushes a file truncated to zero when it is closed (`auto_da_alloc`), which made every
+/// re-stamp of an entry used before (a fresh process's first hits) a disk write. A reader
+/// racing the write may see a mix of old and new digits, as it could see an empty file before:
+/// a garbled stamp only loses recency.
+fn write_stamp(path: &Path, text: &[u8], share: Option<&Sharing>) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let old_len = f.metadata()?.len();
+    f.write_all_at(text, 0)?;
+    if old_len > text.len() as u64 {
+        f.set_len(text.len() as u64)?;
+    }
+    if old_len == 0 {
+        sharing::share_file(share, &f, path);
+    }
+    Ok(())
 }
 
 /// Longest manifest, usage stamp or record read (a huge file at such a name is damage, never
@@ -370,18 +435,28 @@ impl Backend for LocalBackend {
     }
 
     fn manifest_fingerprint(&self, key: &Key) -> Result<Option<[u64; 5]>> {
-        let path = self.manifest_file(key);
-        match fs::metadata(&path) {
-            Ok(m) => Ok(Some([
-                m.dev(),
-                m.ino(),
-                m.size(),
-                (m.mtime() as u64).wrapping_mul(1_000_000_000) ^ m.mtime_nsec() as u64,
-                (m.ctime() as u64).wrapping_mul(1_000_000_000) ^ m.ctime_nsec() as u64,
-            ])),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(path, e)),
+        // Called on every hit: the path is built in a stack buffer (no PathBuf, no hex String)
+        // and handed to stat(2) directly. The same fields as the `fs::metadata` fallback.
+        let mut buf = [0u8; 512];
+        let Some(path) = manifest_c_path(&self.manifests_prefix, key, &mut buf) else {
+            return self.manifest_fingerprint_std(key);
+        };
+        // SAFETY: `path` is NUL-terminated; `st` is a valid out-parameter for the call.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::stat(path.as_ptr(), &mut st) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::NotFound {
+                return Ok(None);
+            }
+            return Err(Error::io(self.manifest_file(key), e));
         }
+        Ok(Some([
+            st.st_dev as u64,
+            st.st_ino as u64,
+            st.st_size as u64,
+            (st.st_mtime as u64).wrapping_mul(1_000_000_000) ^ st.st_mtime_nsec as u64,
+            (st.st_ctime as u64).wrapping_mul(1_000_000_000) ^ st.st_ctime_nsec as u64,
+        ]))
     }
 
     fn delete_manifest(&self, key: &Key) -> Result<()> {
@@ -415,10 +490,7 @@ impl Backend for LocalBackend {
     fn touch(&self, key: &Key, unix_ms: u64) -> Result<()> {
         let path = self.used_file(key);
         let dir = path.parent().expect("sharded");
-        let write = || {
-            fs::write(&path, unix_ms.to_string())
-                .map(|()| sharing::share_path(self.sharing.as_ref(), &path))
-        };
+        let write = || write_stamp(&path, unix_ms.to_string().as_bytes(), self.sharing.as_ref());
         match write() {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -664,6 +736,52 @@ mod tests {
                 "created by init"
             );
         }
+    }
+
+    #[test]
+    fn a_usage_stamp_is_rewritten_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::open(dir.path().join("s"), false).unwrap();
+        let k = Key(Digest::of(b"k"));
+        assert_eq!(b.last_used(&k).unwrap(), None);
+        b.touch(&k, 1_700_000_000_000).unwrap();
+        assert_eq!(b.last_used(&k).unwrap(), Some(1_700_000_000_000));
+        let ino = fs::metadata(b.used_file(&k)).unwrap().ino();
+        b.touch(&k, 1_800_000_000_001).unwrap();
+        assert_eq!(b.last_used(&k).unwrap(), Some(1_800_000_000_001));
+        b.touch(&k, 42).unwrap();
+        assert_eq!(
+            b.last_used(&k).unwrap(),
+            Some(42),
+            "a shorter stamp leaves no old digits"
+        );
+        assert_eq!(
+            fs::metadata(b.used_file(&k)).unwrap().ino(),
+            ino,
+            "the same file"
+        );
+    }
+
+    #[test]
+    fn the_stack_built_manifest_path_is_the_manifest_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::open(dir.path().join("s"), false).unwrap();
+        let k = Key(Digest::of(b"k"));
+        let mut buf = [0u8; 512];
+        let c = manifest_c_path(&b.manifests_prefix, &k, &mut buf).unwrap();
+        assert_eq!(c.to_str().unwrap(), b.manifest_file(&k).to_str().unwrap());
+        assert!(manifest_c_path(&[b'x'; 600], &k, &mut buf).is_none());
+        assert_eq!(b.manifest_fingerprint(&k).unwrap(), None);
+        b.put_manifest(&k, b"one", true).unwrap();
+        let fp = b.manifest_fingerprint(&k).unwrap();
+        assert_eq!(fp, b.manifest_fingerprint_std(&k).unwrap());
+        assert!(fp.is_some());
+        b.put_manifest(&k, b"two!", true).unwrap();
+        assert_ne!(
+            b.manifest_fingerprint(&k).unwrap(),
+            fp,
+            "a replaced file is noticed"
+        );
     }
 
     #[test]
