@@ -470,6 +470,39 @@ struct HitLevel {
     keys: usize,
     warm_us: f64,
     first_us: f64,
+    /// Measured interleaved with the baseline store, if it was: its figures in the same rounds,
+    /// and the paired ratios (median over rounds of this store's median / the baseline's).
+    paired: Option<Paired>,
+}
+
+/// The baseline store's figures measured in the same rounds as a [`HitLevel`].
+struct Paired {
+    base_warm_us: f64,
+    base_first_us: f64,
+    warm_ratio: f64,
+    first_ratio: f64,
+}
+
+/// Rounds of warm hits alternating between the measured store and the baseline store.
+const HIT_ROUNDS: usize = 10;
+
+/// The baseline of the target rows: a separate store of as many entries as the smallest size,
+/// measured through a fresh handle (every key a first hit again) alternately with each size.
+struct HitBase<'a> {
+    task: &'a Task,
+    entries: usize,
+}
+
+/// Times one hit of entry `i` through `task` (which must hit; misses are counted).
+fn time_hit(task: &Task, i: usize, misses: &std::cell::Cell<usize>) -> Res<f64> {
+    let t0 = Instant::now();
+    let v: u64 = task.get_or_compute(&hit_args(i), || {
+        misses.set(misses.get() + 1);
+        Ok::<_, String>(i as u64)
+    })?;
+    let dt = t0.elapsed().as_secs_f64();
+    assert_eq!(v, i as u64);
+    Ok(dt)
 }
 
 /// `count` distinct entries below `entries` drawn at random over the whole store, those this
@@ -500,35 +533,49 @@ fn hit_sample(
 /// Times hits at the current store size over `sample` (distinct entries; `true` marks those
 /// this process has not used yet): first one hit of each (for the new ones, the first hit in
 /// this process, which also queues the key's usage stamp), then `calls` hits of keys drawn at
-/// random from the sample, then the steps of the hit path alone over the same keys.
+/// random from the sample, then the steps of the hit path alone over the same keys. With
+/// `base`, the baseline store's keys get the same treatment alternately (first hits one for
+/// one, warm hits in [`HIT_ROUNDS`] alternating rounds), so drifts of the shared machine's load
+/// hit both sides of the ratio alike.
 fn measure_hits(
     task: &Task,
     entries: usize,
     sample: &[(usize, bool)],
     calls: usize,
     rng: &mut Rng,
+    base: Option<&HitBase>,
 ) -> Res<HitLevel> {
     let misses = std::cell::Cell::new(0usize);
-    let hit = |i: usize| -> Res<f64> {
-        let t0 = Instant::now();
-        let v: u64 = task.get_or_compute(&hit_args(i), || {
-            misses.set(misses.get() + 1);
-            Ok::<_, String>(i as u64)
-        })?;
-        let dt = t0.elapsed().as_secs_f64();
-        assert_eq!(v, i as u64);
-        Ok(dt)
-    };
+    let hit = |i: usize| time_hit(task, i, &misses);
     let mut first = Vec::new();
-    for &(i, fresh) in sample {
-        let dt = hit(i)?;
-        if fresh {
-            first.push(dt);
+    let mut base_first = Vec::new();
+    for j in 0..sample.len().max(base.map_or(0, |b| b.entries)) {
+        if let Some(b) = base.filter(|b| j < b.entries) {
+            base_first.push(time_hit(b.task, j, &misses)?);
+        }
+        if let Some(&(i, fresh)) = sample.get(j) {
+            let dt = hit(i)?;
+            if fresh {
+                first.push(dt);
+            }
         }
     }
     let mut warm = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        warm.push(hit(sample[rng.below(sample.len())].0)?);
+    let mut base_warm = Vec::new();
+    let mut round_ratios = Vec::new();
+    let per_round = calls.div_ceil(HIT_ROUNDS);
+    for _ in 0..HIT_ROUNDS {
+        let mut mine: Vec<f64> = (0..per_round)
+            .map(|_| hit(sample[rng.below(sample.len())].0))
+            .collect::<Res<_>>()?;
+        if let Some(b) = base {
+            let mut theirs: Vec<f64> = (0..per_round)
+                .map(|_| time_hit(b.task, rng.below(b.entries), &misses))
+                .collect::<Res<_>>()?;
+            base_warm.extend_from_slice(&theirs);
+            round_ratios.push(median(&mut mine) / median(&mut theirs));
+        }
+        warm.extend_from_slice(&mine);
     }
     if misses.get() > 0 {
         return Err(format!(
@@ -586,13 +633,36 @@ fn measure_hits(
         backend.touch(&k, 1).unwrap();
     });
 
-    let first_us = if first.is_empty() {
-        f64::NAN
-    } else {
-        median(&mut first) * 1e6
+    let med_us = |v: &mut Vec<f64>| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            median(v) * 1e6
+        }
     };
+    let first_us = med_us(&mut first);
     let warm_p99 = pct(&mut warm, 0.99) * 1e6;
     let warm_us = median(&mut warm) * 1e6;
+    let paired = base.map(|_| {
+        let base_first_us = med_us(&mut base_first);
+        Paired {
+            base_warm_us: med_us(&mut base_warm),
+            base_first_us,
+            warm_ratio: median(&mut round_ratios),
+            first_ratio: first_us / base_first_us,
+        }
+    });
+    if let Some(p) = &paired {
+        println!(
+            "             baseline store ({} entries, fresh handle) in the same rounds: hit median {:.2} µs, \
+             first hit {:.1} µs; paired ratios: hit {:.2}, first hit {:.2}",
+            base.map_or(0, |b| b.entries),
+            p.base_warm_us,
+            p.base_first_us,
+            p.warm_ratio,
+            p.first_ratio
+        );
+    }
     println!(
         "   {entries:>9} entries, {:>5} keys: hit median {warm_us:6.2} µs (p99 {warm_p99:6.1} µs, {calls} calls); \
          first hit in process {first_us:6.1} µs (n={})",
@@ -612,6 +682,7 @@ fn measure_hits(
         keys: sample.len(),
         warm_us,
         first_us,
+        paired,
     })
 }
 
@@ -637,6 +708,14 @@ fn bench_hits(opts: &Opts, rep: &mut Report) -> Res<()> {
     // committed as used, so the measuring handle's first hits all write a usage stamp alike.
     let fill_store = Store::open(root.to_str().ok_or("non-UTF-8 scratch path")?)?;
     let fill_task = fill_store.task(HIT_NS).version("1");
+    // The baseline: a separate store of `levels[0]` entries, filled through the engine.
+    let base_root = opts.dir.join("hits-base");
+    let base_root = base_root.to_str().ok_or("non-UTF-8 scratch path")?;
+    populate_engine(
+        &Store::open(base_root)?.task(HIT_NS).version("1"),
+        0,
+        levels[0],
+    )?;
     let mut used = vec![false; opts.max_entries.max(1)];
     let mut rng = Rng(0x1234_5678_9ABC_DEF1);
     let mut results: Vec<HitLevel> = Vec::new();
@@ -687,34 +766,54 @@ fn bench_hits(opts: &Opts, rep: &mut Report) -> Res<()> {
             );
         }
         let sample = hit_sample(n, small, &mut used, &mut rng);
-        results.push(measure_hits(&task, n, &sample, opts.hit_calls, &mut rng)?);
+        // A fresh handle on the baseline store each time: its keys are all first hits again.
+        let base_store = Store::open(base_root)?;
+        let base = HitBase {
+            task: &base_store.task(HIT_NS).version("1"),
+            entries: levels[0],
+        };
+        results.push(measure_hits(
+            &task,
+            n,
+            &sample,
+            opts.hit_calls,
+            &mut rng,
+            Some(&base),
+        )?);
         if large > small && n >= large {
             let sample = hit_sample(n, large, &mut used, &mut rng);
-            results.push(measure_hits(&task, n, &sample, opts.hit_calls, &mut rng)?);
+            results.push(measure_hits(
+                &task,
+                n,
+                &sample,
+                opts.hit_calls,
+                &mut rng,
+                None,
+            )?);
         }
     }
     let base = &results[0];
     let large_base = results.iter().find(|r| r.keys == large && large > small);
     for r in &results {
-        if r.keys == base.keys {
-            let warm_ratio = r.warm_us / base.warm_us;
-            let first_ratio = r.first_us / base.first_us;
+        if let Some(p) = r.paired.as_ref().filter(|_| r.keys == base.keys) {
+            // Against the baseline store measured in the same rounds (at the smallest size
+            // the two stores are alike: a ratio near 1 shows the pairing is fair).
             let is_base = r.entries == base.entries;
             rep.ratio(
                 format!("3. hit, {} entries ({} keys)", r.entries, r.keys),
                 format!("{:.2} µs", r.warm_us),
-                format!("{} entries {:.2} µs", base.entries, base.warm_us),
-                warm_ratio,
-                if is_base { "" } else { "<= 1.5x" },
-                (!is_base).then_some(warm_ratio <= 1.5),
+                format!("{} entries {:.2} µs", base.entries, p.base_warm_us),
+                p.warm_ratio,
+                if is_base { "(check)" } else { "<= 1.5x" },
+                (!is_base).then_some(p.warm_ratio <= 1.5),
             );
             rep.ratio(
                 format!("3. first hit in process, {} entries", r.entries),
                 format!("{:.1} µs", r.first_us),
-                format!("{} entries {:.1} µs", base.entries, base.first_us),
-                first_ratio,
-                if is_base { "" } else { "<= 1.5x" },
-                (!is_base).then_some(first_ratio <= 1.5),
+                format!("{} entries {:.1} µs", base.entries, p.base_first_us),
+                p.first_ratio,
+                if is_base { "(check)" } else { "<= 1.5x" },
+                (!is_base).then_some(p.first_ratio <= 1.5),
             );
         } else if let Some(lb) = large_base {
             // Informational: the cost of a larger hot set (CPU caches, kernel dentries and
