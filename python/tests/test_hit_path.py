@@ -166,3 +166,49 @@ def test_unhashable_arguments_raise_the_python_error(store):
     f = counted([])
     with pytest.raises(TypeError, match=r"cannot hash x \(type object\)"):
         f(object())
+
+
+def test_threads_hit_while_the_configuration_changes(tmp_path):
+    """Resolving options runs Python code, during which the interpreter switches threads; the
+    hit path must hold no lock then (a thread waiting on it with the GIL would deadlock). Run in
+    a child process, so that a deadlock fails the test instead of hanging the suite."""
+    script = f"""
+import sys, threading
+import runcache as rc
+
+@rc.task(name="t.threads")
+def f(x):
+    return x + 10
+
+a, b = {str(tmp_path / "a")!r}, {str(tmp_path / "b")!r}
+rc.configure(store=a)
+sys.setswitchinterval(1e-6)
+errors = []
+
+def hammer():
+    try:
+        for i in range(3000):
+            assert f(i % 5) == i % 5 + 10
+    except BaseException as e:
+        errors.append(e)
+
+threads = [threading.Thread(target=hammer) for _ in range(6)]
+for t in threads:
+    t.start()
+for i in range(3000):
+    rc.configure(store=a if i % 2 else b)
+for t in threads:
+    t.join()
+assert not errors, errors
+print("ok")
+"""
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("threads calling one task deadlocked while the configuration changed")
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

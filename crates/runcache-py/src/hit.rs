@@ -58,7 +58,23 @@ struct Resolved {
     env: Option<Option<OsString>>,
     /// The working directory as it was, when the location is relative.
     cwd: Option<PathBuf>,
-    task: Option<Arc<CachedTask>>,
+    task: Mutex<Option<Arc<CachedTask>>>,
+}
+
+impl Resolved {
+    /// Whether this resolution still holds: same `configure()` generation, and the same
+    /// `RUNCACHE_STORE` and working directory where the location depends on them.
+    fn is_current(&self, generation: u64) -> bool {
+        self.generation == generation
+            && self
+                .env
+                .as_ref()
+                .is_none_or(|e| *e == std::env::var_os("RUNCACHE_STORE"))
+            && self
+                .cwd
+                .as_ref()
+                .is_none_or(|c| std::env::current_dir().ok().as_ref() == Some(c))
+    }
 }
 
 /// The engine task for one store, key version and source hash, and the key prefix of that
@@ -89,7 +105,7 @@ pub struct HitPath {
     current: Py<PyAny>,
     settings: Py<PyAny>,
     miss: Py<PyAny>,
-    resolved: Mutex<Option<Resolved>>,
+    resolved: Mutex<Option<Arc<Resolved>>>,
 }
 
 #[pymethods]
@@ -251,61 +267,80 @@ impl HitPath {
         key_version: &Bound<'_, PyAny>,
         source_hash: &Bound<'_, PyAny>,
     ) -> PyResult<Option<(Arc<CachedTask>, bool)>> {
-        let mut slot = self.resolved.lock().unwrap();
-        if !self.overrides_active(py)? {
-            let generation = CONFIG_GENERATION.load(Ordering::Relaxed);
-            let current = slot.as_ref().is_some_and(|r| {
-                r.generation == generation
-                    && r.env
-                        .as_ref()
-                        .is_none_or(|e| *e == std::env::var_os("RUNCACHE_STORE"))
-                    && r.cwd
-                        .as_ref()
-                        .is_none_or(|c| std::env::current_dir().ok().as_ref() == Some(c))
-            });
-            if !current {
-                *slot = Some(self.resolve(py, generation)?);
-            }
+        // No lock is held while Python code runs (resolving does): the interpreter may switch
+        // to another thread calling this same hit path, which would then wait on the lock
+        // while holding the GIL.
+        let resolved = if self.overrides_active(py)? {
+            Arc::new(self.resolve(py, u64::MAX)?)
         } else {
-            *slot = Some(self.resolve(py, u64::MAX)?);
-        }
-        let r = slot.as_mut().expect("resolved above");
-        let Some(mode) = r.mode else {
+            let generation = CONFIG_GENERATION.load(Ordering::Relaxed);
+            let last = self.resolved.lock().unwrap().clone();
+            match last.filter(|r| r.is_current(generation)) {
+                Some(r) => r,
+                None => {
+                    let r = Arc::new(self.resolve(py, generation)?);
+                    let replaced = self.resolved.lock().unwrap().replace(r.clone());
+                    drop(replaced);
+                    r
+                }
+            }
+        };
+        let Some(mode) = resolved.mode else {
             return Ok(None);
         };
-        let fresh = r.task.as_ref().is_some_and(|t| {
+        let last = resolved.task.lock().unwrap().clone();
+        let fresh = last.filter(|t| {
             t.key_version.bind(py).is(key_version) && t.source_hash.bind(py).is(source_hash)
         });
-        if !fresh {
-            let source: Option<String> = source_hash.extract()?;
-            let version: String = key_version.extract()?;
-            let prefix = runcache::key::key_prefix(&self.namespace, &version);
-            let task = r
-                .store
-                .get()
-                .engine()
-                .task(self.namespace.clone())
-                .version(version)
-                .mode(mode)
-                .validator(Arc::new(move |m: &Manifest| {
-                    if let (Some(now), Some(then)) = (
-                        source.as_deref(),
-                        m.metadata.get("source_hash").and_then(|v| v.as_str()),
-                    ) {
-                        if now != then {
-                            CODE_CHANGED.set(true);
-                        }
+        let cached = match fresh {
+            Some(t) => t,
+            None => {
+                let t = Arc::new(self.cached_task(&resolved, mode, key_version, source_hash)?);
+                let replaced = resolved.task.lock().unwrap().replace(t.clone());
+                drop(replaced);
+                t
+            }
+        };
+        Ok(Some((cached, resolved.mmap)))
+    }
+
+    /// The engine task of this namespace at `key_version` on the resolved store, with the
+    /// validator of Python tasks (dependency versions; a source hash differing from the one
+    /// the entry was computed with is noted in `CODE_CHANGED`).
+    fn cached_task(
+        &self,
+        resolved: &Resolved,
+        mode: Mode,
+        key_version: &Bound<'_, PyAny>,
+        source_hash: &Bound<'_, PyAny>,
+    ) -> PyResult<CachedTask> {
+        let source: Option<String> = source_hash.extract()?;
+        let version: String = key_version.extract()?;
+        let prefix = runcache::key::key_prefix(&self.namespace, &version);
+        let task = resolved
+            .store
+            .get()
+            .engine()
+            .task(self.namespace.clone())
+            .version(version)
+            .mode(mode)
+            .validator(Arc::new(move |m: &Manifest| {
+                if let (Some(now), Some(then)) = (
+                    source.as_deref(),
+                    m.metadata.get("source_hash").and_then(|v| v.as_str()),
+                ) {
+                    if now != then {
+                        CODE_CHANGED.set(true);
                     }
-                    stale_dependency(m)
-                }));
-            r.task = Some(Arc::new(CachedTask {
-                key_version: key_version.clone().unbind(),
-                source_hash: source_hash.clone().unbind(),
-                task,
-                prefix,
+                }
+                stale_dependency(m)
             }));
-        }
-        Ok(Some((r.task.clone().expect("set above"), r.mmap)))
+        Ok(CachedTask {
+            key_version: key_version.clone().unbind(),
+            source_hash: source_hash.clone().unbind(),
+            task,
+            prefix,
+        })
     }
 
     /// Whether `runcache.config(...)` overrides apply in the current context.
@@ -348,7 +383,7 @@ impl HitPath {
             } else {
                 None
             },
-            task: None,
+            task: Mutex::new(None),
         })
     }
 }
