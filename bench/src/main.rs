@@ -652,17 +652,6 @@ fn measure_hits(
             first_ratio: first_us / base_first_us,
         }
     });
-    if let Some(p) = &paired {
-        println!(
-            "             baseline store ({} entries, fresh handle) in the same rounds: hit median {:.2} µs, \
-             first hit {:.1} µs; paired ratios: hit {:.2}, first hit {:.2}",
-            base.map_or(0, |b| b.entries),
-            p.base_warm_us,
-            p.base_first_us,
-            p.warm_ratio,
-            p.first_ratio
-        );
-    }
     println!(
         "   {entries:>9} entries, {:>5} keys: hit median {warm_us:6.2} µs (p99 {warm_p99:6.1} µs, {calls} calls); \
          first hit in process {first_us:6.1} µs (n={})",
@@ -677,6 +666,17 @@ fn measure_hits(
         (hit_us - key_us - stat_us).max(0.0),
         bytes[0].len()
     );
+    if let Some(p) = &paired {
+        println!(
+            "             baseline store ({} entries, fresh handle) in the same rounds: hit median {:.2} µs, \
+             first hit {:.1} µs; paired ratios: hit {:.2}, first hit {:.2}",
+            base.map_or(0, |b| b.entries),
+            p.base_warm_us,
+            p.base_first_us,
+            p.warm_ratio,
+            p.first_ratio
+        );
+    }
     Ok(HitLevel {
         entries,
         keys: sample.len(),
