@@ -21,7 +21,6 @@ PIECES = [
     ("  _core.HitPath.__call__ (native)", "HitPath::__pymethod___call__"),
     ("    bind + canonical encoding", "HitPath::encode"),
     ("    BLAKE3 of the key bytes", "key_of_prefixed"),
-    ("    options and engine task (cached)", "HitPath::engine_task"),
     ("    engine Task::try_hit_keyed", "Task::try_hit_keyed"),
     ("      Store::lookup (fingerprint + parsed cache)", "engine::store::Store::lookup"),
     ("        manifest fingerprint (path + statx, user side)", "manifest_fingerprint"),
