@@ -237,6 +237,33 @@ def test_hashing_a_large_non_contiguous_array_copies_a_bounded_amount():
         assert d == digest(np.ascontiguousarray(v)), name
 
 
+def test_hashing_a_large_non_contiguous_memoryview_copies_a_bounded_amount():
+    # Strided memoryviews above two slabs are hashed through a numpy view, slab by slab, with
+    # the key of their C-order bytes (what `tobytes()` would give) as before.
+    import tracemalloc
+
+    raw = bytearray(400 << 20)
+    raw[::4099] = b"\x07" * len(raw[::4099])
+    base = np.frombuffer(raw, dtype=np.float64).reshape(1600, 32768)
+    views = {
+        "bytes, every other one": (memoryview(raw)[::2], memoryview(raw)[::2].tobytes()),
+        "2-d float64, every other column": (
+            memoryview(base[:, ::2]),
+            memoryview(np.ascontiguousarray(base[:, ::2])),
+        ),
+    }
+    for name, (v, contiguous) in views.items():
+        assert not v.c_contiguous and v.nbytes == 200 << 20, name
+        tracemalloc.start()
+        try:
+            d = digest(v)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 48 << 20, f"{name}: peak {peak >> 20} MiB while hashing"
+        assert d == digest(contiguous), name
+
+
 def test_array_content_changes_the_key():
     a = np.zeros(1000)
     before = digest(a)

@@ -772,16 +772,29 @@ impl<'py> Encoder<'py> {
         let format: String = obj.getattr(intern!(py, "format"))?.extract()?;
         let ndim: usize = obj.getattr(intern!(py, "ndim"))?.extract()?;
         let contiguous = obj.getattr(intern!(py, "c_contiguous"))?.is_truthy()?;
-        let owned;
-        let src = if contiguous {
-            obj
+        // The view's C-order bytes: its own buffer, or for a large strided view numpy can
+        // read, their digest streamed in slabs (bounded memory); else a C-order copy.
+        let streamed = if contiguous {
+            None
         } else {
-            owned = obj.call_method0(intern!(py, "tobytes"))?;
-            &owned
+            self.strided_view_digest(obj)?
         };
-        let buf = RawBuf::simple(src)?;
+        let owned;
+        let buf = match streamed {
+            Some(_) => None,
+            None if contiguous => Some(RawBuf::simple(obj)?),
+            None => {
+                owned = obj.call_method0(intern!(py, "tobytes"))?;
+                Some(RawBuf::simple(&owned)?)
+            }
+        };
         if ndim <= 1 && format == "B" {
-            self.bytes_like(buf.bytes(), None);
+            match (&buf, streamed) {
+                (Some(buf), _) => self.bytes_like(buf.bytes(), None),
+                // Streamed views are larger than BIG_BYTES: bytes_like would write this DIGEST.
+                (None, Some((len, d))) => c::write_digest(&mut self.out, len, &d),
+                (None, None) => unreachable!("one of the two is set"),
+            }
             return Ok(());
         }
         c::write_typed_header(&mut self.out, "memoryview");
@@ -790,8 +803,12 @@ impl<'py> Encoder<'py> {
         let start = self.out.len();
         c::write_str(&mut self.out, "data");
         let k = self.out.len();
-        let d = digest_of(py, buf.bytes());
-        c::write_digest(&mut self.out, buf.bytes().len() as u64, &d);
+        let (len, d) = match (&buf, streamed) {
+            (Some(buf), _) => (buf.bytes().len() as u64, digest_of(py, buf.bytes())),
+            (None, Some(streamed)) => streamed,
+            (None, None) => unreachable!("one of the two is set"),
+        };
+        c::write_digest(&mut self.out, len, &d);
         entries.push((start, k, self.out.len()));
         let start = self.out.len();
         c::write_str(&mut self.out, "format");
@@ -806,6 +823,35 @@ impl<'py> Encoder<'py> {
         entries.push((start, k, self.out.len()));
         c::end_map(&mut self.out, pos, &mut entries).expect("distinct keys");
         Ok(())
+    }
+
+    /// Length and digest of the C-order bytes of a non-contiguous memoryview larger than two
+    /// slabs, hashed through a numpy view of it in slabs ([`Encoder::hash_in_slabs`]); `None`
+    /// for smaller views, without numpy loaded, or for formats numpy cannot view.
+    fn strided_view_digest(&mut self, view: &Bound<'py, PyAny>) -> PyResult<Option<(u64, Digest)>> {
+        let py = self.py;
+        let nbytes: usize = view.getattr(intern!(py, "nbytes"))?.extract()?;
+        if nbytes <= 2 * SLAB_BYTES {
+            return Ok(None);
+        }
+        let Some(np) = loaded_module(py, "numpy") else {
+            return Ok(None);
+        };
+        let Ok(arr) = np.call_method1(intern!(py, "asarray"), (view,)) else {
+            return Ok(None);
+        };
+        let same = arr.getattr(intern!(py, "nbytes"))?.extract::<usize>()? == nbytes
+            && !arr
+                .getattr(intern!(py, "dtype"))?
+                .getattr(intern!(py, "hasobject"))?
+                .is_truthy()?;
+        if !same {
+            return Ok(None);
+        }
+        let mut hasher = StreamHasher::new();
+        self.hash_in_slabs(&arr, nbytes, &mut hasher)
+            .map_err(|e| e.into_pyerr(py, None))?;
+        Ok(Some((hasher.len(), hasher.finish())))
     }
 
     /// A numpy dtype: `dtype.str` (kind, item size and byte order, e.g. `<f8`, `>i4`, `<M8[ns]`),
