@@ -96,7 +96,13 @@ impl ValueCodec<Outcome> for PickleCodec {
     }
 
     fn decode(&self, store: &Store, manifest: &Manifest) -> Result<Outcome> {
-        let stream = store.read_role(manifest, "pickle", ENCODING, "Python object")?;
+        let read_stream = || store.read_role(manifest, "pickle", ENCODING, "Python object");
+        // An inline stream comes with the manifest; a stream in its own blob is read without
+        // the interpreter lock (a hit may judge an entry with it held: see `hit.rs`).
+        let stream = match manifest.blob("pickle") {
+            Some(b) if b.inline.is_none() => Python::attach(|py| py.detach(read_stream))?,
+            _ => read_stream()?,
+        };
         // Most results have no out-of-band buffer: no names to format then.
         let buffers: Vec<&BlobRef> = if manifest.blobs.len() > 1 {
             (0..)
@@ -119,10 +125,19 @@ pub fn load_pickled(
     mmap: bool,
 ) -> Result<Outcome> {
     let threshold = if mmap { MAP_THRESHOLD } else { u64::MAX };
-    let mut blobs = Vec::with_capacity(buffers.len());
-    for b in buffers {
-        blobs.push(Blob::new(store.load_blob(key, b, threshold)?, b.digest));
-    }
+    let load = || -> Result<Vec<Blob>> {
+        let mut blobs = Vec::with_capacity(buffers.len());
+        for b in buffers {
+            blobs.push(Blob::new(store.load_blob(key, b, threshold)?, b.digest));
+        }
+        Ok(blobs)
+    };
+    // Blobs not inline are files or objects to read: never with the interpreter lock held.
+    let blobs = if buffers.is_empty() {
+        Vec::new()
+    } else {
+        Python::attach(|py| py.detach(load))?
+    };
     Python::attach(|py| unpickle(py, &stream, blobs))
         .map(|value| Outcome { value, parts: None })
         .map_err(|e| Error::Decode {

@@ -172,9 +172,17 @@ impl HitPath {
         let key = runcache::key::key_of_prefixed(&prefixed);
         let codec = PickleCodec { mmap };
         CODE_CHANGED.set(false);
-        let hit = py
-            .detach(|| cached.task.try_hit_keyed(key, &codec))
-            .map_err(to_py)?;
+        // The manifest is read without the interpreter lock (a stat, or a request to a remote
+        // store); it is judged and decoded with it (an inline value needs no I/O; the codec
+        // releases the lock around any blob it reads; artifacts are checked without it): two
+        // lock handoffs per hit, not four.
+        let read = py.detach(|| cached.task.read_for_hit(key)).map_err(to_py)?;
+        let hit = if read.checks_blobs() {
+            py.detach(|| cached.task.try_hit_read(read, &codec))
+        } else {
+            cached.task.try_hit_read(read, &codec)
+        }
+        .map_err(to_py)?;
         match hit {
             // The first use of a result computed by other code goes the Python way, which
             // warns once.

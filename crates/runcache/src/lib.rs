@@ -31,9 +31,9 @@ pub mod store;
 pub use digest::Digest;
 pub use engine::{
     settles_item, BlobData, Claim, Context, Entry, EntryInfo, Failure, GcOptions, GcReport,
-    ItemState, ItemStatus, MapOptions, Mode, NamespaceUsage, Progress, Store, StoreOptions,
-    SweepRecord, SweepRef, SweepStatus, Task, Usage, Validator, ValueCodec, VerifyProblem,
-    VerifyReport, LOG_ARTIFACT, MAX_SWEEP_ID, SWEEP_FORMAT, TEMP_GRACE,
+    ItemState, ItemStatus, ManifestRead, MapOptions, Mode, NamespaceUsage, Progress, Store,
+    StoreOptions, SweepRecord, SweepRef, SweepStatus, Task, Usage, Validator, ValueCodec,
+    VerifyProblem, VerifyReport, LOG_ARTIFACT, MAX_SWEEP_ID, SWEEP_FORMAT, TEMP_GRACE,
 };
 pub use error::{Error, Result};
 pub use key::Key;

@@ -27,4 +27,4 @@ pub use sweep::{
     settles_item, ItemState, ItemStatus, SweepRecord, SweepRef, SweepStatus, MAX_SWEEP_ID,
     SWEEP_FORMAT,
 };
-pub use task::{Claim, Failure, Task, ValueCodec};
+pub use task::{Claim, Failure, ManifestRead, Task, ValueCodec};

@@ -134,6 +134,20 @@ pub enum Claim {
     Computed(Status),
 }
 
+/// A key's manifest as [`Task::read_for_hit`] read it, for [`Task::try_hit_read`] to judge.
+pub struct ManifestRead {
+    key: Key,
+    found: Lookup,
+}
+
+impl ManifestRead {
+    /// Whether judging it asks the store about blobs (the entry's artifacts must be whole):
+    /// I/O besides the codec's own reads.
+    pub fn checks_blobs(&self) -> bool {
+        matches!(&self.found, Lookup::Found(m) if !m.artifacts.is_empty())
+    }
+}
+
 /// What the store says about a key, given the mode.
 pub(crate) enum Check<T> {
     Hit(T),
@@ -293,10 +307,33 @@ impl Task {
     /// A hit is recorded as a dependency like any other. Callers fall back to
     /// `get_or_compute_keyed` on `None`; language bindings use this as their fast path.
     pub fn try_hit_keyed<T>(&self, key: Key, codec: &dyn ValueCodec<T>) -> Result<Option<T>> {
+        self.try_hit_read(self.read_for_hit(key)?, codec)
+    }
+
+    /// The reading half of [`Task::try_hit_keyed`]: the manifest of `key` as the store holds
+    /// it (nothing is read in modes that never hit). Bindings run it without their interpreter
+    /// lock, and [`Task::try_hit_read`] with it.
+    pub fn read_for_hit(&self, key: Key) -> Result<ManifestRead> {
+        let found = if matches!(self.mode, Mode::Off | Mode::Force) {
+            Lookup::Missing
+        } else {
+            self.store.lookup(&key)?
+        };
+        Ok(ManifestRead { key, found })
+    }
+
+    /// The judging half of [`Task::try_hit_keyed`]: the value if what [`Task::read_for_hit`]
+    /// read settles the call, decoded by `codec` (which reads any blob not inline).
+    pub fn try_hit_read<T>(
+        &self,
+        read: ManifestRead,
+        codec: &dyn ValueCodec<T>,
+    ) -> Result<Option<T>> {
         if matches!(self.mode, Mode::Off | Mode::Force) {
             return Ok(None);
         }
-        let Check::Hit(value) = self.check(&key, codec)? else {
+        let key = read.key;
+        let Check::Hit(value) = self.judge(&key, read.found, codec)? else {
             return Ok(None);
         };
         context::record_dependency(|| Dependency {
