@@ -17,13 +17,12 @@ use std::sync::{Arc, Mutex};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
-use runcache::manifest::Manifest;
 use runcache::Mode;
 
 use crate::codec::PickleCodec;
 use crate::errors::to_py;
 use crate::hash::{encode_args_py, encode_named_args_py};
-use crate::store::{stale_dependency, Store};
+use crate::store::{task_validator, Store};
 
 /// Bumped by `runcache.configure()`: every hit path resolves its options again.
 static CONFIG_GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -332,17 +331,7 @@ impl HitPath {
             .task(self.namespace.clone())
             .version(version)
             .mode(mode)
-            .validator(Arc::new(move |m: &Manifest| {
-                if let (Some(now), Some(then)) = (
-                    source.as_deref(),
-                    m.metadata.get("source_hash").and_then(|v| v.as_str()),
-                ) {
-                    if now != then {
-                        CODE_CHANGED.set(true);
-                    }
-                }
-                stale_dependency(m)
-            }));
+            .validator(task_validator(source, || CODE_CHANGED.set(true)));
         Ok(CachedTask {
             key_version: key_version.clone().unbind(),
             source_hash: source_hash.clone().unbind(),

@@ -106,6 +106,26 @@ pub(crate) fn stale_dependency(m: &Manifest) -> Option<String> {
     })
 }
 
+/// The validator of a Python task's calls: an entry is stale when a dependency's version
+/// changed ([`stale_dependency`]); one computed by other source code than `source_hash` is
+/// still used, and reported to `code_changed` (the caller warns).
+pub(crate) fn task_validator(
+    source_hash: Option<String>,
+    code_changed: impl Fn() + Send + Sync + 'static,
+) -> runcache::Validator {
+    Arc::new(move |m: &Manifest| {
+        if let (Some(now), Some(then)) = (
+            source_hash.as_deref(),
+            m.metadata.get("source_hash").and_then(|v| v.as_str()),
+        ) {
+            if now != then {
+                code_changed();
+            }
+        }
+        stale_dependency(m)
+    })
+}
+
 #[pymethods]
 impl Store {
     /// Opens (creating if needed) the store at `location`: a path or URL, or a list of them
@@ -198,16 +218,8 @@ impl Store {
         }
         let code_changed = Arc::new(AtomicBool::new(false));
         let changed = code_changed.clone();
-        task = task.validator(Arc::new(move |m: &Manifest| {
-            if let (Some(now), Some(then)) = (
-                source_hash.as_deref(),
-                m.metadata.get("source_hash").and_then(|v| v.as_str()),
-            ) {
-                if now != then {
-                    changed.store(true, Ordering::Relaxed);
-                }
-            }
-            stale_dependency(m)
+        task = task.validator(task_validator(source_hash, move || {
+            changed.store(true, Ordering::Relaxed)
         }));
         let stash: Mutex<Option<PyErr>> = Mutex::new(None);
         let computed = AtomicBool::new(false);
