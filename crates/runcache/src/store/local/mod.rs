@@ -118,13 +118,13 @@ impl LocalBackend {
     fn manifest_fingerprint_std(&self, key: &Key) -> Result<Option<[u64; 5]>> {
         let path = self.manifest_file(key);
         match fs::metadata(&path) {
-            Ok(m) => Ok(Some([
+            Ok(m) => Ok(Some(fingerprint(
                 m.dev(),
                 m.ino(),
                 m.size(),
-                (m.mtime() as u64).wrapping_mul(1_000_000_000) ^ m.mtime_nsec() as u64,
-                (m.ctime() as u64).wrapping_mul(1_000_000_000) ^ m.ctime_nsec() as u64,
-            ])),
+                (m.mtime(), m.mtime_nsec()),
+                (m.ctime(), m.ctime_nsec()),
+            ))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(path, e)),
         }
@@ -207,6 +207,13 @@ fn manifest_c_path<'b>(prefix: &[u8], key: &Key, buf: &'b mut [u8]) -> Option<&'
     buf[n + 67..end].copy_from_slice(b".json");
     buf[end] = 0;
     std::ffi::CStr::from_bytes_with_nul(&buf[..=end]).ok()
+}
+
+/// A manifest's fingerprint: device, inode, size, and the modification and change times
+/// (seconds, nanoseconds) folded into one number each.
+fn fingerprint(dev: u64, ino: u64, size: u64, mtime: (i64, i64), ctime: (i64, i64)) -> [u64; 5] {
+    let time = |(s, ns): (i64, i64)| (s as u64).wrapping_mul(1_000_000_000) ^ ns as u64;
+    [dev, ino, size, time(mtime), time(ctime)]
 }
 
 /// `base/ab/<hex><suffix>`.
@@ -450,13 +457,13 @@ impl Backend for LocalBackend {
             }
             return Err(Error::io(self.manifest_file(key), e));
         }
-        Ok(Some([
+        Ok(Some(fingerprint(
             st.st_dev as u64,
             st.st_ino as u64,
             st.st_size as u64,
-            (st.st_mtime as u64).wrapping_mul(1_000_000_000) ^ st.st_mtime_nsec as u64,
-            (st.st_ctime as u64).wrapping_mul(1_000_000_000) ^ st.st_ctime_nsec as u64,
-        ]))
+            (st.st_mtime as i64, st.st_mtime_nsec as i64),
+            (st.st_ctime as i64, st.st_ctime_nsec as i64),
+        )))
     }
 
     fn delete_manifest(&self, key: &Key) -> Result<()> {
