@@ -80,19 +80,28 @@ def current(task_options: dict[str, Any]) -> dict[str, Any]:
     return {**_defaults, **ctx, **task_options}
 
 
-def _absolute(loc: Any) -> str:
+def _relative(loc: Any) -> bool:
     loc = os.fspath(loc)
-    if "://" not in loc and not loc.startswith("/"):
-        # Relative paths are resolved against the working directory at call time.
-        loc = os.path.abspath(loc)
-    return loc
+    return "://" not in loc and not loc.startswith("/")
+
+
+def _absolute(loc: Any) -> str:
+    # Relative paths are resolved against the working directory at call time.
+    return os.path.abspath(loc) if _relative(loc) else os.fspath(loc)
+
+
+def _given_location(options: dict[str, Any]) -> tuple[Any, bool]:
+    """The store location as given (the option, else ``RUNCACHE_STORE``, else ``.runcache``),
+    and whether it came from the environment."""
+    loc = options.get("store")
+    if loc is None:
+        return os.environ.get("RUNCACHE_STORE") or ".runcache", True
+    return loc, False
 
 
 def store_location(options: dict[str, Any]) -> str | tuple[str, ...]:
     """The store's location: one path/URL, or a tuple of them (a tiered store, nearest first)."""
-    loc = options.get("store")
-    if loc is None:
-        loc = os.environ.get("RUNCACHE_STORE") or ".runcache"
+    loc, _ = _given_location(options)
     if isinstance(loc, (list, tuple)):
         if not loc:
             raise ValueError("store=[] names no location; give at least one path or URL")
@@ -100,20 +109,12 @@ def store_location(options: dict[str, Any]) -> str | tuple[str, ...]:
     return _absolute(loc)
 
 
-def _relative(loc: Any) -> bool:
-    loc = os.fspath(loc)
-    return "://" not in loc and not loc.startswith("/")
-
-
 def hit_settings(options: dict[str, Any]) -> tuple[_core.Store, str, bool, bool, bool]:
     """What a task's native hit path (`_core.HitPath`) needs from the effective options:
     ``(store, mode, mmap, from_env, from_cwd)``. The last two say what else the store's
     location depends on: ``RUNCACHE_STORE`` (no ``store`` option) and the working directory (a
     relative location); the hit path resolves the options again when either changes."""
-    loc = options.get("store")
-    from_env = loc is None
-    if from_env:
-        loc = os.environ.get("RUNCACHE_STORE") or ".runcache"
+    loc, from_env = _given_location(options)
     locs = loc if isinstance(loc, (list, tuple)) else (loc,)
     from_cwd = any(_relative(x) for x in locs)
     return (
