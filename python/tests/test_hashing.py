@@ -214,8 +214,6 @@ def test_hashing_a_large_non_contiguous_array_copies_a_bounded_amount():
     # A 200 MiB strided view is hashed without a whole C-order copy: the peak of numpy's
     # allocations (tracked by tracemalloc) stays around one slab, whatever the layout, including
     # one row larger than a slab and a leading axis of length 1. Each key is its copy's key.
-    import tracemalloc
-
     base = np.ones((1600, 32768), dtype=np.float64)  # 400 MiB
     base[::7, ::5] = 3.0
     views = {
@@ -227,21 +225,12 @@ def test_hashing_a_large_non_contiguous_array_copies_a_bounded_amount():
     for name, v in views.items():
         assert not v.flags.c_contiguous, name
         assert v.nbytes == 200 << 20, name
-        tracemalloc.start()
-        try:
-            d = digest(v)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-        assert peak < 48 << 20, f"{name}: peak {peak >> 20} MiB while hashing"
-        assert d == digest(np.ascontiguousarray(v)), name
+        assert_hashed_in_bounded_memory(name, v, np.ascontiguousarray(v))
 
 
 def test_hashing_a_large_non_contiguous_memoryview_copies_a_bounded_amount():
     # Strided memoryviews above two slabs are hashed through a numpy view, slab by slab, with
     # the key of their C-order bytes (what `tobytes()` would give) as before.
-    import tracemalloc
-
     raw = bytearray(400 << 20)
     raw[::4099] = b"\x07" * len(raw[::4099])
     base = np.frombuffer(raw, dtype=np.float64).reshape(1600, 32768)
@@ -254,14 +243,21 @@ def test_hashing_a_large_non_contiguous_memoryview_copies_a_bounded_amount():
     }
     for name, (v, contiguous) in views.items():
         assert not v.c_contiguous and v.nbytes == 200 << 20, name
-        tracemalloc.start()
-        try:
-            d = digest(v)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-        assert peak < 48 << 20, f"{name}: peak {peak >> 20} MiB while hashing"
-        assert d == digest(contiguous), name
+        assert_hashed_in_bounded_memory(name, v, contiguous)
+
+
+def assert_hashed_in_bounded_memory(name, view, contiguous):
+    """Hashing the 200 MiB ``view`` traces under 48 MiB and keys it as its contiguous copy."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        d = digest(view)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 48 << 20, f"{name}: peak {peak >> 20} MiB while hashing"
+    assert d == digest(contiguous), name
 
 
 def test_array_content_changes_the_key():
